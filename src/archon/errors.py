@@ -1,0 +1,122 @@
+"""Typed errors and the one place that turns them into OpenAI-shaped HTTP responses.
+
+Every error a client can see has the shape
+``{"error": {"message": ..., "type": ..., "param": ..., "code": ...}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class ArchonError(Exception):
+    """An error with a known HTTP status and OpenAI error type."""
+
+    status_code: int = 500
+    error_type: str = "internal_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.error_type, self.param, self.code)
+
+
+class InvalidRequestError(ArchonError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class ModelNotFoundError(ArchonError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class RequestTooLargeError(ArchonError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class ServiceUnavailableError(ArchonError):
+    """The server cannot take the request now (loading, engine dead, queue full)."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+
+
+class ConfigError(Exception):
+    """Bad configuration found at startup; the message names the setting to change."""
+
+
+def error_body(
+    message: str, error_type: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    if not parts:
+        return None
+    out = parts[0]
+    for p in parts[1:]:
+        out += f"[{p}]" if p.isdigit() else f".{p}"
+    return out
+
+
+def _validation_message(err: dict[str, Any], param: str | None) -> str:
+    kind = err.get("type", "")
+    if kind == "json_invalid":
+        return f"Malformed JSON body: {err.get('ctx', {}).get('error', 'could not parse')}"
+    if kind == "extra_forbidden":
+        return f"Unrecognized request argument supplied: {param}"
+    if kind == "missing":
+        return f"Missing required parameter: '{param}'"
+    if param:
+        return f"Invalid value for '{param}': {err.get('msg', 'invalid')}"
+    return str(err.get("msg", "Invalid request body"))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers that make every failure an OpenAI-shaped response."""
+
+    @app.exception_handler(ArchonError)
+    async def _archon(_: Request, exc: ArchonError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        param = _param_from_loc(tuple(first.get("loc", ())))
+        if first.get("type") == "json_invalid":
+            param = None
+        return JSONResponse(
+            error_body(_validation_message(first, param), "invalid_request_error", param),
+            status_code=400,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error_type = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return JSONResponse(error_body(str(exc.detail), error_type), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # A bug of ours, not the client's: keep the shape, hide the traceback from the client.
+        import logging
+
+        logging.getLogger("archon").exception("unhandled error")
+        return JSONResponse(error_body("Internal server error", "internal_error"), status_code=500)

@@ -1,0 +1,150 @@
+"""The model's lifecycle behind the HTTP server: download, load, serve, fail.
+
+The server listens at once; this object loads the model in a background thread and tells
+``/health`` what it is doing (downloading 43%, loading) until the engine is ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from archon.errors import ConfigError, ServiceUnavailableError
+from archon.modelserver.engines.base import Engine, EngineStats
+from archon.modelserver.models import DownloadProgress, ResolvedModel
+from archon.settings import ModelServerSettings
+
+log = logging.getLogger("archon.modelserver")
+
+Phase = Literal["starting", "downloading", "loading", "ready", "failed"]
+EngineFactory = Callable[[ResolvedModel, ModelServerSettings], Engine]
+
+
+def llamacpp_factory(model: ResolvedModel, settings: ModelServerSettings) -> Engine:
+    from archon.modelserver.engines.llamacpp import LlamaCppEngine
+
+    for name in ("gpu_memory_utilization", "tensor_parallel_size", "quantization"):
+        log.info(
+            "%s=%s is validated but ignored by the CPU engine (llama.cpp)",
+            name,
+            getattr(settings, name),
+        )
+    return LlamaCppEngine(
+        model.path,
+        max_model_len=settings.max_model_len,
+        slots=settings.parallel,
+        threads=settings.effective_threads,
+        batch_size=settings.batch_size,
+    )
+
+
+@dataclass
+class HealthReport:
+    ready: bool
+    body: dict[str, Any]
+
+
+class ModelRuntime:
+    def __init__(
+        self,
+        settings: ModelServerSettings,
+        model: ResolvedModel,
+        served_name: str,
+        factory: EngineFactory = llamacpp_factory,
+        on_fatal: Callable[[str], None] | None = None,
+    ):
+        self.settings = settings
+        self.model = model
+        self.served_name = served_name
+        self._factory = factory
+        self._on_fatal = on_fatal or (lambda _msg: None)
+        self.phase: Phase = "starting"
+        self.progress: DownloadProgress | None = None
+        self.error: str | None = None
+        self.engine: Engine | None = None
+        self.started = time.monotonic()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._load, name="model-loader", daemon=True)
+        self._thread.start()
+
+    def _load(self) -> None:
+        try:
+            if self.model.download is not None:
+                self.phase = "downloading"
+                self.model.download.fetch(
+                    on_progress=self._set_progress,
+                    log_interval=self.settings.download_log_interval,
+                )
+            self.phase = "loading"
+            log.info("loading %s from %s", self.model.reference, self.model.path)
+            began = time.monotonic()
+            self.engine = self._factory(self.model, self.settings)
+            self.phase = "ready"
+            log.info(
+                "model %s ready in %.1fs (max_model_len=%d, parallel=%d)",
+                self.served_name,
+                time.monotonic() - began,
+                self.engine.max_model_len,
+                self.engine.slots,
+            )
+        except ConfigError as exc:
+            self._fail(str(exc))
+        except Exception as exc:
+            log.exception("model load failed")
+            self._fail(f"model load failed: {exc}")
+
+    def _set_progress(self, progress: DownloadProgress) -> None:
+        self.progress = progress
+
+    def _fail(self, message: str) -> None:
+        self.phase = "failed"
+        self.error = message
+        self._on_fatal(message)
+
+    def stats(self) -> EngineStats | None:
+        return self.engine.stats() if self.engine is not None else None
+
+    def require_engine(self) -> Engine:
+        engine = self.engine
+        if engine is None:
+            raise ServiceUnavailableError(
+                f"Model {self.served_name} is not ready ({self.describe_phase()})",
+                code="model_loading",
+            )
+        if not engine.alive:
+            raise ServiceUnavailableError(
+                "The inference engine has stopped; the server needs a restart", code="engine_dead"
+            )
+        return engine
+
+    def describe_phase(self) -> str:
+        if self.phase == "downloading" and self.progress and self.progress.fraction is not None:
+            return f"downloading {100 * self.progress.fraction:.0f}%"
+        return self.phase
+
+    def health(self) -> HealthReport:
+        body: dict[str, Any] = {"model": self.served_name, "phase": self.phase}
+        if self.phase == "ready" and self.engine is not None:
+            if self.engine.alive:
+                return HealthReport(True, {"status": "ok", **body})
+            return HealthReport(False, {"status": "error", **body, "detail": "engine loop died"})
+        if self.phase == "failed":
+            return HealthReport(False, {"status": "error", **body, "detail": self.error})
+        body["status"] = "loading"
+        body["elapsed_s"] = round(time.monotonic() - self.started, 1)
+        if self.progress is not None:
+            body["downloaded_bytes"] = self.progress.done
+            body["total_bytes"] = self.progress.total
+            if self.progress.fraction is not None:
+                body["progress"] = round(self.progress.fraction, 4)
+        return HealthReport(False, body)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()

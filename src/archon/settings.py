@@ -1,0 +1,163 @@
+"""Settings of each service: one pydantic-settings model, env prefix ``ARCHON_``.
+
+The model server can also read a Kubernetes ConfigMap YAML whose ``data`` uses the keys of the
+``vllm-config`` ConfigMap, so one ConfigMap drives the CPU and the GPU engine alike.
+Precedence, highest first: command-line flags, ``ARCHON_*`` environment, ConfigMap, defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from archon.errors import ConfigError
+
+# vLLM's --quantization choices that a vllm-config ConfigMap may name; "none" means no flag.
+QUANTIZATION_METHODS = frozenset(
+    {
+        "none",
+        "awq",
+        "awq_marlin",
+        "gptq",
+        "gptq_marlin",
+        "gptq_marlin_24",
+        "marlin",
+        "fp8",
+        "fbgemm_fp8",
+        "modelopt",
+        "bitsandbytes",
+        "gguf",
+        "compressed-tensors",
+        "experts_int8",
+        "deepspeedfp",
+        "tpu_int8",
+        "aqlm",
+        "hqq",
+        "ipex",
+        "moe_wna16",
+        "mxfp4",
+        "torchao",
+        "quark",
+    }
+)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+class ModelServerSettings(BaseSettings):
+    """Settings of ``archon serve``."""
+
+    model_config = SettingsConfigDict(env_prefix="ARCHON_", extra="forbid")
+
+    llm_model: str = Field(
+        DEFAULT_MODEL,
+        description="Bundled model name, path to a .gguf file, or 'org/repo:file.gguf' on the hub.",
+    )
+    served_model_name: str | None = Field(
+        None, description="Name clients use in 'model'; defaults to a name derived from llm_model."
+    )
+    engine: Literal["llamacpp"] = "llamacpp"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_model_len: int | None = Field(
+        None, ge=16, description="Context per sequence (prompt + output); default min(model, 4096)."
+    )
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    tensor_parallel_size: int = Field(1, ge=1, le=64)
+    quantization: str = "none"
+    parallel: int = Field(4, ge=1, le=256, description="Sequences decoded together (slots).")
+    threads: int | None = Field(None, ge=1, le=1024, description="CPU threads; default all cores.")
+    batch_size: int = Field(
+        256, ge=16, le=8192, description="Tokens per decode step; bounds a prefill chunk."
+    )
+    max_waiting: int = Field(
+        512, ge=0, description="Requests allowed to queue for a slot before 503."
+    )
+    max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    download_log_interval: float = Field(5.0, gt=0.0, le=10.0)
+
+    @field_validator("quantization", mode="before")
+    @classmethod
+    def _quantization(cls, value: Any) -> str:
+        text = "none" if value is None else str(value).strip().lower()
+        if text in ("", "null"):
+            text = "none"
+        if text not in QUANTIZATION_METHODS:
+            allowed = ", ".join(sorted(QUANTIZATION_METHODS))
+            raise ValueError(f"unknown quantization {value!r}; one of: {allowed}")
+        return text
+
+    @field_validator("llm_model")
+    @classmethod
+    def _model_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+    @property
+    def effective_threads(self) -> int:
+        return self.threads or os.cpu_count() or 1
+
+
+# ConfigMap keys -> settings fields. The first five are the vllm-config keys.
+CONFIGMAP_KEYS = {
+    "llm_model": "llm_model",
+    "gpu_memory_utilization": "gpu_memory_utilization",
+    "max_model_len": "max_model_len",
+    "tensor_parallel_size": "tensor_parallel_size",
+    "quantization": "quantization",
+    "served_model_name": "served_model_name",
+    "host": "host",
+    "port": "port",
+    "parallel": "parallel",
+    "threads": "threads",
+    "batch_size": "batch_size",
+}
+
+
+def read_configmap(path: Path) -> dict[str, Any]:
+    """Read the ``data`` of a ConfigMap YAML as settings values."""
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("data"), dict):
+        raise ConfigError(f"--config {path}: expected a ConfigMap with a 'data' mapping")
+    values: dict[str, Any] = {}
+    for key, value in doc["data"].items():
+        if key not in CONFIGMAP_KEYS:
+            allowed = ", ".join(CONFIGMAP_KEYS)
+            raise ConfigError(f"--config {path}: unknown key data.{key}; known keys: {allowed}")
+        values[CONFIGMAP_KEYS[key]] = value
+    return values
+
+
+def _explain(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    field = str(err["loc"][0]) if err["loc"] else "?"
+    where = f"ARCHON_{field.upper()}" + (f" or data.{field} in {source}" if source else "")
+    if err["type"] == "extra_forbidden":
+        return f"unknown setting {field!r}"
+    return f"invalid setting {field} ({where}): {err['msg']}, got {err.get('input')!r}"
+
+
+def load_model_server_settings(
+    config_path: Path | None = None, overrides: dict[str, Any] | None = None
+) -> ModelServerSettings:
+    """Build settings from flags > env > ConfigMap > defaults; raise ConfigError on bad values."""
+    file_values = read_configmap(config_path) if config_path else {}
+    source = str(config_path) if config_path else ""
+    try:
+        from_env = ModelServerSettings()
+        env_values = from_env.model_dump(include=from_env.model_fields_set)
+        merged = {**file_values, **env_values, **(overrides or {})}
+        return ModelServerSettings(**merged)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, source)) from None
