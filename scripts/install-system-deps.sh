@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Debian packages Archon's build and tests need. Installs only what is missing, so a warm
+# machine skips apt entirely. Runs as root (CI, containers) or through sudo.
+set -euo pipefail
+
+# command -> Debian package
+declare -A NEED=(
+  [cmake]=cmake        # llama-cpp-python compiles llama.cpp on install
+  [g++]=g++
+  [make]=make
+  [git]=git
+  [curl]=curl          # the README's example request
+)
+missing=()
+for cmd in "${!NEED[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}")
+done
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  missing+=(python3-venv)
+fi
+if ((${#missing[@]} == 0)); then
+  exit 0
+fi
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+echo "installing Debian packages: ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
