@@ -18,8 +18,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp: Path = tmp_path_factory.mktemp("server")
     srv = start_server(
         tmp,
-        "--parallel", str(SLOTS),
-        "--max-model-len", "2048",
+        "--parallel",
+        str(SLOTS),
+        "--max-model-len",
+        "2048",
         env={"ARCHON_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES), "ARCHON_BATCH_SIZE": "128"},
     )
     try:

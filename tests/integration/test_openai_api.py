@@ -110,9 +110,13 @@ def test_temperature_zero_is_deterministic(client: openai.OpenAI) -> None:
 
 def test_seed_makes_sampling_repeatable(client: openai.OpenAI) -> None:
     def sample(seed: int) -> str:
-        return client.completions.create(
-            model=MODEL, prompt="Once upon a time", max_tokens=24, temperature=1.0, seed=seed
-        ).choices[0].text
+        return (
+            client.completions.create(
+                model=MODEL, prompt="Once upon a time", max_tokens=24, temperature=1.0, seed=seed
+            )
+            .choices[0]
+            .text
+        )
 
     assert sample(1234) == sample(1234)
     # Different seeds explore different continuations (at least one of a few differs).
@@ -145,12 +149,16 @@ def test_chat_stream_matches_non_stream_and_reports_usage(client: openai.OpenAI)
     )
     whole = client.chat.completions.create(**kwargs)
     chunks = list(
-        client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True})
+        client.chat.completions.create(
+            **kwargs, stream=True, stream_options={"include_usage": True}
+        )
     )
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
-    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert finishes == [whole.choices[0].finish_reason]
     assert chunks[-1].choices == []
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
@@ -280,35 +288,107 @@ BAD_REQUESTS = [
     ("messages wrong type", CHAT, {"model": MODEL, "messages": "hi"}, 400, "messages", None),
     ("messages empty", CHAT, {"model": MODEL, "messages": []}, 400, "messages", None),
     ("missing model", CHAT, {"messages": MSG}, 400, "model", None),
-    ("bad role", CHAT, {"model": MODEL, "messages": [{"role": "robot", "content": "x"}]}, 400,
-     "messages[0].role", None),
-    ("temperature high", CHAT, {"model": MODEL, "messages": MSG, "temperature": 3}, 400,
-     "temperature", None),
+    (
+        "bad role",
+        CHAT,
+        {"model": MODEL, "messages": [{"role": "robot", "content": "x"}]},
+        400,
+        "messages[0].role",
+        None,
+    ),
+    (
+        "temperature high",
+        CHAT,
+        {"model": MODEL, "messages": MSG, "temperature": 3},
+        400,
+        "temperature",
+        None,
+    ),
     ("top_p zero", CHAT, {"model": MODEL, "messages": MSG, "top_p": 0}, 400, "top_p", None),
-    ("max_tokens zero", CHAT, {"model": MODEL, "messages": MSG, "max_tokens": 0}, 400,
-     "max_tokens", None),
-    ("max_tokens string", CHAT, {"model": MODEL, "messages": MSG, "max_tokens": "many"}, 400,
-     "max_tokens", None),
-    ("max_tokens beyond context", CHAT, {"model": MODEL, "messages": MSG, "max_tokens": 5000},
-     400, "max_tokens", None),
+    (
+        "max_tokens zero",
+        CHAT,
+        {"model": MODEL, "messages": MSG, "max_tokens": 0},
+        400,
+        "max_tokens",
+        None,
+    ),
+    (
+        "max_tokens string",
+        CHAT,
+        {"model": MODEL, "messages": MSG, "max_tokens": "many"},
+        400,
+        "max_tokens",
+        None,
+    ),
+    (
+        "max_tokens beyond context",
+        CHAT,
+        {"model": MODEL, "messages": MSG, "max_tokens": 5000},
+        400,
+        "max_tokens",
+        None,
+    ),
     ("n > 1", CHAT, {"model": MODEL, "messages": MSG, "n": 2}, 400, "n", None),
-    ("tools", CHAT, {"model": MODEL, "messages": MSG, "tools": [{"type": "function"}]}, 400,
-     "tools", None),
-    ("unknown field", CHAT, {"model": MODEL, "messages": MSG, "frobnicate": True}, 400,
-     "frobnicate", None),
-    ("image part", CHAT, {"model": MODEL, "messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "http://x"}}]}]}, 400,
-     "messages[0].content[0].type", None),
-    ("stop too many", COMP, {"model": MODEL, "prompt": "a", "stop": [str(i) for i in range(17)]},
-     400, "stop", None),
-    ("stream_options without stream", COMP, {"model": MODEL, "prompt": "a",
-     "stream_options": {"include_usage": True}}, 400, "stream_options", None),
-    ("token id out of range", COMP, {"model": MODEL, "prompt": [1, 99999999]}, 400, "prompt",
-     None),
+    (
+        "tools",
+        CHAT,
+        {"model": MODEL, "messages": MSG, "tools": [{"type": "function"}]},
+        400,
+        "tools",
+        None,
+    ),
+    (
+        "unknown field",
+        CHAT,
+        {"model": MODEL, "messages": MSG, "frobnicate": True},
+        400,
+        "frobnicate",
+        None,
+    ),
+    (
+        "image part",
+        CHAT,
+        {
+            "model": MODEL,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": "http://x"}}],
+                }
+            ],
+        },
+        400,
+        "messages[0].content[0].type",
+        None,
+    ),
+    (
+        "stop too many",
+        COMP,
+        {"model": MODEL, "prompt": "a", "stop": [str(i) for i in range(17)]},
+        400,
+        "stop",
+        None,
+    ),
+    (
+        "stream_options without stream",
+        COMP,
+        {"model": MODEL, "prompt": "a", "stream_options": {"include_usage": True}},
+        400,
+        "stream_options",
+        None,
+    ),
+    ("token id out of range", COMP, {"model": MODEL, "prompt": [1, 99999999]}, 400, "prompt", None),
     ("empty prompt", COMP, {"model": MODEL, "prompt": ""}, 400, "prompt", None),
     ("many prompts", COMP, {"model": MODEL, "prompt": ["a", "b"]}, 400, "prompt", None),
-    ("prompt beyond context", COMP, {"model": MODEL, "prompt": "word " * 3000}, 400, "prompt",
-     None),
+    (
+        "prompt beyond context",
+        COMP,
+        {"model": MODEL, "prompt": "word " * 3000},
+        400,
+        "prompt",
+        None,
+    ),
     ("unknown model", CHAT, {"model": "gpt-4", "messages": MSG}, 404, "model", "model_not_found"),
 ]
 

@@ -90,7 +90,9 @@ def start_server(
     return Server(process, port, log_path)
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [*ARCHON, *args],
         capture_output=True,

@@ -1,0 +1,117 @@
+"""A local HTTP server standing in for the Hugging Face hub (``HF_ENDPOINT``).
+
+It serves ``/{org}/{repo}/resolve/{revision}/{file}`` the way the hub does for LFS files:
+HEAD with ``X-Repo-Commit``, ``X-Linked-Etag`` (the sha256) and ``X-Linked-Size``; GET with
+``Range`` support. It can throttle, and can drop the connection part-way once, to test resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@dataclass
+class HubFile:
+    data: bytes
+    sha256: str = ""
+
+    def __post_init__(self) -> None:
+        self.sha256 = hashlib.sha256(self.data).hexdigest()
+
+
+@dataclass
+class FakeHub:
+    files: dict[str, HubFile]  # "org/repo/file" -> content
+    bytes_per_s: float = 0.0
+    drop_after: int | None = None  # close the first GET after this many bytes
+    ranges: list[str | None] = field(default_factory=list)
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def start(self) -> FakeHub:
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _lookup(self) -> HubFile | None:
+                parts = self.path.split("/")
+                # ['', org, repo, 'resolve', revision, file...]
+                if len(parts) < 6 or parts[3] != "resolve":
+                    return None
+                return hub.files.get(f"{parts[1]}/{parts[2]}/{'/'.join(parts[5:])}")
+
+            def do_HEAD(self) -> None:
+                f = self._lookup()
+                if f is None:
+                    self.send_response(404)
+                    self.send_header("X-Error-Code", "EntryNotFound")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("X-Repo-Commit", COMMIT)
+                self.send_header("X-Linked-Etag", f'"{f.sha256}"')
+                self.send_header("X-Linked-Size", str(len(f.data)))
+                self.send_header("Content-Length", str(len(f.data)))
+                self.end_headers()
+
+            def do_GET(self) -> None:
+                f = self._lookup()
+                if f is None:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                header = self.headers.get("Range")
+                hub.ranges.append(header)
+                start = int(header.split("=")[1].split("-")[0]) if header else 0
+                body = f.data[start:]
+                self.send_response(206 if header else 200)
+                if header:
+                    self.send_header(
+                        "Content-Range", f"bytes {start}-{len(f.data) - 1}/{len(f.data)}"
+                    )
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                sent = 0
+                chunk = 256 * 1024
+                drop_at = hub.drop_after
+                if drop_at is not None:
+                    hub.drop_after = None  # only the first transfer breaks
+                for i in range(0, len(body), chunk):
+                    piece = body[i : i + chunk]
+                    if drop_at is not None and sent + len(piece) > drop_at:
+                        self.wfile.write(piece[: drop_at - sent])
+                        self.wfile.flush()
+                        self.close_connection = True
+                        return
+                    self.wfile.write(piece)
+                    sent += len(piece)
+                    if hub.bytes_per_s:
+                        time.sleep(len(piece) / hub.bytes_per_s)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+def load(path: Path) -> HubFile:
+    return HubFile(path.read_bytes())
