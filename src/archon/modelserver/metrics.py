@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from archon.modelserver.engines.base import EngineStats
@@ -93,7 +93,7 @@ class _EngineGauges(Collector):
         self._model = model_name
         self._stats = stats
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         stats = self._stats() or EngineStats()
         for name, doc, value in (
             ("vllm:num_requests_running", "Requests being decoded.", stats.running),
@@ -103,6 +103,21 @@ class _EngineGauges(Collector):
             family = GaugeMetricFamily(name, doc, labels=["model_name"])
             family.add_metric([self._model], float(value))
             yield family
+        for name, doc, count in (
+            (
+                "vllm:prefix_cache_queries",
+                "Prompt tokens looked up in the prefix cache.",
+                stats.prefix_cache_queries,
+            ),
+            (
+                "vllm:prefix_cache_hits",
+                "Prompt tokens whose KV was reused.",
+                stats.prefix_cache_hits,
+            ),
+        ):
+            counter = CounterMetricFamily(name, doc, labels=["model_name"])
+            counter.add_metric([self._model], float(count))
+            yield counter
 
 
 class ModelServerMetrics:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 FinishReason = Literal["stop", "length", "abort"]
@@ -46,7 +46,8 @@ class EngineStats:
     running: int = 0
     waiting: int = 0
     kv_cache_usage: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
+    prefix_cache_queries: int = 0  # prompt tokens admitted
+    prefix_cache_hits: int = 0  # of those, tokens whose KV was reused from the slot
 
 
 class EngineDead(RuntimeError):

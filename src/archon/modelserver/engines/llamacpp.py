@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import ctypes
 import logging
 import queue
@@ -147,6 +148,8 @@ class LlamaCppEngine:
         self._running = 0
         self._waiting_count = 0
         self._kv_used = 0
+        self._prefix_queries = 0
+        self._prefix_hits = 0
         self._alive = True
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="llamacpp-engine", daemon=True)
@@ -195,6 +198,8 @@ class LlamaCppEngine:
             running=self._running,
             waiting=self._waiting_count,
             kv_cache_usage=min(self._kv_used / total, 1.0) if total else 0.0,
+            prefix_cache_queries=self._prefix_queries,
+            prefix_cache_hits=self._prefix_hits,
         )
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationOutput]:
@@ -204,14 +209,23 @@ class LlamaCppEngine:
         outputs: asyncio.Queue[GenerationOutput | BaseException] = asyncio.Queue()
 
         def sink(item: GenerationOutput | BaseException) -> None:
-            loop.call_soon_threadsafe(outputs.put_nowait, item)
+            # The caller's event loop may be gone (its client left and the loop closed);
+            # that must never reach the engine thread.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(outputs.put_nowait, item)
 
         seq = _Sequence(request=request, sink=sink, arrived=time.monotonic())
         self._inbox.put(("add", seq))
         finished = False
         try:
             while True:
-                item = await outputs.get()
+                try:
+                    item = await asyncio.wait_for(outputs.get(), timeout=1.0)
+                except TimeoutError:
+                    if not self.alive:
+                        finished = True
+                        raise EngineDead("the engine loop has stopped") from None
+                    continue
                 if isinstance(item, BaseException):
                     finished = True
                     raise item
@@ -226,6 +240,8 @@ class LlamaCppEngine:
                 self._inbox.put(("abort", request.request_id))
 
     def close(self) -> None:
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._inbox.put(("wake", None))
         self._thread.join(timeout=10)
@@ -322,6 +338,8 @@ class LlamaCppEngine:
                     self._ll.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
                     keep = 0
                 del slot.cached[keep:]
+            self._prefix_queries += len(prompt)
+            self._prefix_hits += keep
             seq.slot = slot
             seq.prefilled = keep
             seq.sampler = self._make_sampler(seq.request.params)
