@@ -76,7 +76,7 @@ class ModelServerSettings(BaseSettings):
         256, ge=16, le=8192, description="Tokens per decode step; bounds a prefill chunk."
     )
     max_waiting: int = Field(
-        512, ge=0, description="Requests allowed to queue for a slot before 503."
+        512, ge=0, description="Requests allowed to wait for a slot before 503; 0 = no limit."
     )
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     download_log_interval: float = Field(5.0, gt=0.0, le=10.0)

@@ -9,7 +9,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from archon.errors import ArchonError, InvalidRequestError, ModelNotFoundError
+from archon.errors import (
+    ArchonError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    ServiceUnavailableError,
+)
 from archon.modelserver.engines.base import (
     EngineDead,
     GenerationOutput,
@@ -85,6 +90,15 @@ class CompletionService:
             raise InvalidRequestError("prompt must not be empty", param="prompt")
         return self._prepare("text", "cmpl", req, tokens, req.output_limit(), "prompt")
 
+    def _check_queue(self) -> None:
+        limit = self.runtime.settings.max_waiting
+        waiting = self.runtime.require_engine().stats().waiting
+        if limit and waiting >= limit:
+            raise ServiceUnavailableError(
+                f"Server overloaded: {waiting} requests already wait for a slot; retry later",
+                code="queue_full",
+            )
+
     def _prepare(
         self,
         kind: Kind,
@@ -94,6 +108,7 @@ class CompletionService:
         limit: int | None,
         prompt_param: str,
     ) -> Prepared:
+        self._check_queue()
         max_len = self.runtime.require_engine().max_model_len
         n = len(tokens)
         if n >= max_len:
