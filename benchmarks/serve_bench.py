@@ -440,8 +440,8 @@ def write_markdown(
             "",
             "Command: `.venv/bin/python benchmarks/serve_bench.py --write docs/benchmarks.md`",
             "",
-            "Ratios, archon against llama.cpp's C++ `llama-server` (higher tok/s is better, "
-            "lower TTFT is better):",
+            "Ratios of archon to each peer (a tok/s ratio above 1 and a TTFT ratio below 1 "
+            "favour archon):",
             "",
             *table,
             "",
