@@ -256,6 +256,23 @@ def test_disconnected_stream_frees_its_slot(server: Server) -> None:
     assert reply.status_code == 200
 
 
+def test_client_leaving_a_non_streaming_request_frees_its_slot(server: Server) -> None:
+    aborted_before = metric(server, "vllm:request_success_total", finished_reason="abort")
+    body = {"model": MODEL, "prompt": "Numbers:", "max_tokens": 1500, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/v1/completions", json=body, timeout=1.0)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        done = metric(server, "vllm:request_success_total", finished_reason="abort")
+        if done > aborted_before and metric(server, "vllm:num_requests_running") == 0:
+            break
+        time.sleep(0.05)
+    assert metric(server, "vllm:request_success_total", finished_reason="abort") == (
+        aborted_before + 1
+    )
+    assert metric(server, "vllm:num_requests_running") == 0
+
+
 def test_metrics_use_vllm_names(server: Server, client: openai.OpenAI) -> None:
     before = metric(server, "vllm:generation_tokens_total")
     client.completions.create(model=MODEL, prompt="One two three", max_tokens=6)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -21,6 +23,7 @@ from archon.openai.schemas import ChatCompletionRequest, CompletionRequest
 from archon.settings import ModelServerSettings
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+DISCONNECT_POLL_S = 0.25
 
 
 def create_app(
@@ -81,21 +84,32 @@ def create_app(
             metrics.download_progress.labels(served_name).set(1.0)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    async def respond(prepared: Prepared) -> Response:
+    async def respond(prepared: Prepared, request: Request) -> Response:
         if prepared.stream:
+            # Starlette cancels the stream when the client disconnects; that aborts the request.
             return StreamingResponse(
                 service.stream(prepared), media_type="text/event-stream", headers=SSE_HEADERS
             )
-        return JSONResponse(await service.complete(prepared))
+        task = asyncio.ensure_future(service.complete(prepared))
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return JSONResponse(task.result())
+            if await request.is_disconnected():
+                # Nobody will read the answer: stop generating it and free the slot.
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                return Response(status_code=499)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         body = await parse_json_body(request, ChatCompletionRequest)
-        return await respond(await service.prepare_chat(body))
+        return await respond(await service.prepare_chat(body), request)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         body = await parse_json_body(request, CompletionRequest)
-        return await respond(await service.prepare_completion(body))
+        return await respond(await service.prepare_completion(body), request)
 
     return app

@@ -129,14 +129,14 @@ class ModelRuntime:
         return self.phase
 
     def health(self) -> HealthReport:
-        body: dict[str, Any] = {"model": self.served_name, "phase": self.phase}
+        base = {"model": self.served_name, "phase": self.phase}
         if self.phase == "ready" and self.engine is not None:
             if self.engine.alive:
-                return HealthReport(True, {"status": "ok", **body})
-            return HealthReport(False, {"status": "error", **body, "detail": "engine loop died"})
+                return HealthReport(True, {"status": "ok", **base})
+            return HealthReport(False, {"status": "error", **base, "detail": "engine loop died"})
         if self.phase == "failed":
-            return HealthReport(False, {"status": "error", **body, "detail": self.error})
-        body["status"] = "loading"
+            return HealthReport(False, {"status": "error", **base, "detail": self.error})
+        body: dict[str, Any] = {"status": "loading", **base}
         body["elapsed_s"] = round(time.monotonic() - self.started, 1)
         if self.progress is not None:
             body["downloaded_bytes"] = self.progress.done

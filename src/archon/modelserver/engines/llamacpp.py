@@ -219,13 +219,17 @@ class LlamaCppEngine:
         finished = False
         try:
             while True:
-                try:
-                    item = await asyncio.wait_for(outputs.get(), timeout=1.0)
-                except TimeoutError:
-                    if not self.alive:
-                        finished = True
-                        raise EngineDead("the engine loop has stopped") from None
-                    continue
+                if outputs.empty():
+                    try:
+                        # Wake up now and then: an engine that died cannot answer any more.
+                        item = await asyncio.wait_for(outputs.get(), timeout=1.0)
+                    except TimeoutError:
+                        if not self.alive:
+                            finished = True
+                            raise EngineDead("the engine loop has stopped") from None
+                        continue
+                else:
+                    item = outputs.get_nowait()
                 if isinstance(item, BaseException):
                     finished = True
                     raise item
