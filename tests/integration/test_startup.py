@@ -106,18 +106,6 @@ def test_configmap_drives_the_server(tmp_path: Path, bundled_model_path: Path) -
         srv.stop()
 
 
-def test_flags_override_env_override_configmap(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from archon.settings import load_model_server_settings
-
-    cm = tmp_path / "cm.yaml"
-    cm.write_text('data:\n  max_model_len: "1024"\n  parallel: "3"\n  port: "9000"\n')
-    monkeypatch.setenv("ARCHON_PARALLEL", "5")
-    s = load_model_server_settings(cm, {"port": 9100})
-    assert (s.max_model_len, s.parallel, s.port) == (1024, 5, 9100)
-
-
 @pytest.fixture
 def hub(bundled_model_path: Path):
     hub = fake_hub.FakeHub({f"test-org/smol/{REPO_FILE}": fake_hub.load(bundled_model_path)})
