@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from archon.errors import ConfigError, ServiceUnavailableError
-from archon.modelserver.engines.base import Engine, EngineStats
+from archon.modelserver.engines.base import Engine, EngineDead, EngineStats
 from archon.modelserver.models import DownloadProgress, ResolvedModel
 from archon.settings import ModelServerSettings
 
@@ -118,9 +118,7 @@ class ModelRuntime:
                 code="model_loading",
             )
         if not engine.alive:
-            raise ServiceUnavailableError(
-                "The inference engine has stopped; the server needs a restart", code="engine_dead"
-            )
+            raise EngineDead("The inference engine has stopped; the server needs a restart")
         return engine
 
     def describe_phase(self) -> str:

@@ -16,7 +16,6 @@ from archon.errors import (
     ServiceUnavailableError,
 )
 from archon.modelserver.engines.base import (
-    EngineDead,
     GenerationOutput,
     GenerationRequest,
     SamplingParams,
@@ -202,13 +201,10 @@ class CompletionService:
         parts: list[str] = []
         finish = "stop"
         tokens = 0
-        try:
-            async for out in self._outputs(prepared):
-                parts.append(out.text)
-                tokens = out.completion_tokens
-                finish = out.finish_reason or finish
-        except EngineDead as exc:
-            raise ArchonError(str(exc)) from None
+        async for out in self._outputs(prepared):
+            parts.append(out.text)
+            tokens = out.completion_tokens
+            finish = out.finish_reason or finish
         text = "".join(parts)
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
         if prepared.kind == "chat":
@@ -262,8 +258,8 @@ class CompletionService:
                 tokens = out.completion_tokens
                 if out.text or out.finish_reason:
                     yield chunk(choice(out.text, out.finish_reason))
-        except EngineDead as exc:
-            yield sse_event(ArchonError(str(exc)).body())
+        except ArchonError as exc:  # headers are sent: the error travels as an event
+            yield sse_event(exc.body())
             yield DONE
             return
         if prepared.include_usage:

@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from archon.errors import ServiceUnavailableError
+
 FinishReason = Literal["stop", "length", "abort"]
 
 
@@ -50,8 +52,10 @@ class EngineStats:
     prefix_cache_hits: int = 0  # of those, tokens whose KV was reused from the slot
 
 
-class EngineDead(RuntimeError):
+class EngineDead(ServiceUnavailableError):
     """The engine loop has stopped; the server can no longer generate."""
+
+    code = "engine_dead"
 
 
 class Engine(Protocol):

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from archon.errors import ConfigError
+from archon.errors import ConfigError, InvalidRequestError
 from archon.modelserver.chat_template import ChatTemplate
 from archon.modelserver.engines.base import (
     EngineDead,
@@ -161,14 +161,8 @@ class LlamaCppEngine:
     def alive(self) -> bool:
         return self._alive and self._thread.is_alive()
 
-    @property
-    def has_chat_template(self) -> bool:
-        return self._template is not None
-
     def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
         if self._template is None:
-            from archon.errors import InvalidRequestError
-
             raise InvalidRequestError(
                 "This model has no chat template; use /v1/completions with a plain prompt",
                 param="messages",
