@@ -17,7 +17,6 @@ app = typer.Typer(
 )
 
 EXIT_CONFIG = 2
-EXIT_LOAD_FAILED = 3
 
 
 def _setup_logging(level: str) -> None:
@@ -33,14 +32,23 @@ def _fail(message: str, code: int = EXIT_CONFIG) -> None:
     raise typer.Exit(code)
 
 
+def _settings(config: Path | None, overrides: dict[str, Any]):
+    from archon.settings import load_model_server_settings
+
+    return load_model_server_settings(config, {k: v for k, v in overrides.items() if v is not None})
+
+
 @app.command()
 def serve(
     config: Annotated[
         Path | None,
         typer.Option(help="Kubernetes ConfigMap YAML with vllm-config keys (llm_model, ...)."),
     ] = None,
+    engine: Annotated[
+        str | None, typer.Option(help="llamacpp (CPU, default) or vllm (GPU).")
+    ] = None,
     llm_model: Annotated[
-        str | None, typer.Option(help="Bundled name, .gguf path or org/repo:file.gguf.")
+        str | None, typer.Option(help="Bundled name, .gguf path, org/repo:file.gguf, org/repo.")
     ] = None,
     served_model_name: Annotated[str | None, typer.Option()] = None,
     host: Annotated[str | None, typer.Option()] = None,
@@ -48,46 +56,86 @@ def serve(
     max_model_len: Annotated[int | None, typer.Option()] = None,
     parallel: Annotated[int | None, typer.Option(help="Sequences decoded together.")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all).")] = None,
+    dry_run: Annotated[bool, typer.Option(help="vllm: print the vLLM command and exit.")] = False,
+    write_vllm_config: Annotated[
+        Path | None,
+        typer.Option(help="vllm: pull and check, then write vLLM's --config file and exit."),
+    ] = None,
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
-    """Run the OpenAI-compatible model server (llama.cpp on CPU)."""
+    """Run the OpenAI-compatible model server: llama.cpp on CPU, or vLLM on a GPU."""
     from archon.errors import ConfigError
-    from archon.settings import load_model_server_settings
 
     _setup_logging(log_level)
-    overrides: dict[str, Any] = {
-        k: v
-        for k, v in {
-            "llm_model": llm_model,
-            "served_model_name": served_model_name,
-            "host": host,
-            "port": port,
-            "max_model_len": max_model_len,
-            "parallel": parallel,
-            "threads": threads,
-        }.items()
-        if v is not None
-    }
     try:
-        settings = load_model_server_settings(config, overrides)
+        settings = _settings(
+            config,
+            {
+                "engine": engine,
+                "llm_model": llm_model,
+                "served_model_name": served_model_name,
+                "host": host,
+                "port": port,
+                "max_model_len": max_model_len,
+                "parallel": parallel,
+                "threads": threads,
+            },
+        )
+        if settings.engine == "vllm":
+            _serve_vllm(settings, dry_run=dry_run, write_config=write_vllm_config)
+            return
+        if dry_run or write_vllm_config:
+            _fail("--dry-run and --write-vllm-config apply to --engine vllm only")
         from archon.modelserver import models
 
-        model = models.resolve(settings.llm_model)
+        model = models.resolve_gguf(settings.llm_model)
     except ConfigError as exc:
-        _fail(str(exc))
+        _fail(str(exc), exc.exit_code)
         return
+    _serve_llamacpp(settings, model, log_level)
 
+
+def _serve_vllm(settings: Any, *, dry_run: bool, write_config: Path | None) -> None:
+    from archon.errors import ConfigError
+    from archon.modelserver import models, sizing
+    from archon.modelserver.engines import vllm
+
+    launch = vllm.build_vllm_launch(settings)
+    if dry_run:
+        typer.echo(launch.shell())
+        return
+    log = logging.getLogger("archon.vllm")
+    if write_config is None:
+        vllm.check_installed(launch)
+    path = models.pull(settings.llm_model, log_interval=settings.download_log_interval)
+    try:
+        facts = sizing.load_facts(str(path)) if path.is_dir() else None
+    except ConfigError as exc:  # sizing is advice; an odd config.json must not block serving
+        log.warning("VRAM check skipped: %s", exc)
+        facts = None
+    log.info("%s", vllm.preflight(settings, facts))
+    if write_config is not None:
+        vllm.write_config(launch, write_config)
+        log.info("wrote vLLM's arguments to %s: %s", write_config, " ".join(launch.args))
+        return
+    # The model is in the cache now: vLLM must not wait on the hub.
+    offline = {"HF_HUB_OFFLINE": "1"} if models.parse_repo(settings.llm_model) else {}
+    vllm.exec_vllm(launch, offline)
+
+
+def _serve_llamacpp(settings: Any, model: Any, log_level: str) -> None:
     import uvicorn
 
+    from archon.errors import ConfigError
     from archon.modelserver.app import create_app
 
     exit_code = 0
     server: uvicorn.Server | None = None
 
-    def on_fatal(message: str) -> None:
+    def on_fatal(exc: ConfigError) -> None:
         nonlocal exit_code
-        logging.getLogger("archon").error("%s", message)
-        exit_code = EXIT_LOAD_FAILED
+        logging.getLogger("archon").error("%s", exc)
+        exit_code = exc.exit_code
         if server is not None:
             server.should_exit = True
 
@@ -110,6 +158,96 @@ def serve(
     server.run()
     if exit_code:
         raise typer.Exit(exit_code)
+
+
+model_app = typer.Typer(help="Manage model files.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("pull")
+def model_pull(
+    reference: Annotated[
+        str | None, typer.Argument(help="Model reference; default: llm_model of the settings.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="ConfigMap YAML to read llm_model from.")
+    ] = None,
+    log_level: Annotated[str, typer.Option()] = "info",
+) -> None:
+    """Download a model into the Hugging Face cache (HF_HOME), with progress; resumes."""
+    from archon.errors import ConfigError
+    from archon.modelserver import models
+
+    _setup_logging(log_level)
+    try:
+        settings = _settings(config, {"llm_model": reference})
+        path = models.pull(settings.llm_model, log_interval=settings.download_log_interval)
+    except ConfigError as exc:
+        _fail(str(exc), exc.exit_code)
+        return
+    typer.echo(str(path))
+
+
+config_app = typer.Typer(help="Check configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("check")
+def config_check(
+    configmap: Annotated[Path, typer.Argument(help="vllm-config ConfigMap YAML.")],
+    gpu_memory: Annotated[
+        str | None, typer.Option(help="Memory per GPU, e.g. 16GiB (default: NVML, else error).")
+    ] = None,
+) -> None:
+    """Estimate whether llm_model fits the GPU with these settings, and what would."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from archon.errors import ConfigError, InsufficientVRAMError
+    from archon.modelserver import sizing
+    from archon.settings import parse_bytes
+
+    console = Console()
+    try:
+        settings = _settings(configmap, {})
+        facts = sizing.load_facts(settings.llm_model)
+        if gpu_memory:
+            memory, source = parse_bytes(gpu_memory), "--gpu-memory"
+        elif (gpus := sizing.detect_gpus()) is not None:
+            memory, source = gpus.memory, f"NVML ({gpus.count} GPU)"
+        elif settings.gpu_memory:
+            memory, source = parse_bytes(settings.gpu_memory), "gpu_memory setting"
+        else:
+            _fail("no GPU visible through NVML: pass --gpu-memory, e.g. --gpu-memory 16GiB")
+            return
+    except ValueError as exc:
+        _fail(f"--gpu-memory: {exc}")
+        return
+    except ConfigError as exc:
+        _fail(str(exc), exc.exit_code)
+        return
+    report = sizing.estimate(
+        facts,
+        gpu_memory=memory,
+        utilization=settings.gpu_memory_utilization,
+        max_model_len=settings.max_model_len,
+        tensor_parallel=settings.tensor_parallel_size,
+        quantization=settings.quantization,
+    )
+    table = Table(title=f"{configmap} on {sizing.gib(memory)} ({source})")
+    table.add_column("item")
+    table.add_column("memory", justify="right")
+    for item, value in report.rows():
+        table.add_row(item, value)
+    console.print(table)
+    if report.fits:
+        console.print(
+            f"fits: room for {report.headroom_tokens} KV-cache tokens "
+            f"({report.headroom_tokens // report.max_model_len} full sequences)"
+        )
+        return
+    console.print("does not fit: " + "; ".join(report.advice))
+    raise typer.Exit(InsufficientVRAMError.exit_code)
 
 
 @app.command()

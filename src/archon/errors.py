@@ -57,7 +57,40 @@ class ServiceUnavailableError(ArchonError):
 
 
 class ConfigError(Exception):
-    """Bad configuration found at startup; the message names the setting to change."""
+    """A startup failure the operator fixes; the message names the setting to change.
+
+    Each subclass has its own process exit code, so a crash loop tells what kind of fix it needs.
+    """
+
+    exit_code = 2  # a malformed or out-of-range setting
+
+
+class ModelLoadError(ConfigError):
+    exit_code = 3  # the model file exists but cannot be loaded with these settings
+
+
+class ModelReferenceError(ConfigError):
+    exit_code = 4  # llm_model does not exist (no such file, not on the hub, access refused)
+
+
+class InsufficientVRAMError(ConfigError):
+    exit_code = 5  # the model and its KV cache do not fit the GPU budget
+
+
+class GPUCountError(ConfigError):
+    exit_code = 6  # tensor_parallel_size is larger than the visible GPUs
+
+
+class NetworkError(ConfigError):
+    exit_code = 7  # the hub could not be reached, or the transfer kept failing
+
+
+class DiskFullError(ConfigError):
+    exit_code = 8  # the model cache has no room for the model
+
+
+class EngineMissingError(ConfigError):
+    exit_code = 9  # the engine's software (vLLM) is not installed
 
 
 def error_body(

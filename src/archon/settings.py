@@ -8,11 +8,13 @@ Precedence, highest first: command-line flags, ``ARCHON_*`` environment, ConfigM
 from __future__ import annotations
 
 import os
+import re
+import shlex
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from archon.errors import ConfigError
@@ -61,7 +63,9 @@ class ModelServerSettings(BaseSettings):
     served_model_name: str | None = Field(
         None, description="Name clients use in 'model'; defaults to a name derived from llm_model."
     )
-    engine: Literal["llamacpp"] = "llamacpp"
+    engine: Literal["llamacpp", "vllm"] = Field(
+        "llamacpp", description="llamacpp (CPU, embedded) or vllm (GPU: preflight, then exec)."
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     max_model_len: int | None = Field(
@@ -80,6 +84,16 @@ class ModelServerSettings(BaseSettings):
     )
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     download_log_interval: float = Field(5.0, gt=0.0, le=10.0)
+    api_key: SecretStr | None = Field(
+        None, description="vLLM engine: clients must send it as a Bearer token."
+    )
+    vllm_python: str | None = Field(
+        None, description="Python interpreter that has vLLM installed; default: this one."
+    )
+    vllm_extra_args: str = Field("", description="More vLLM flags, shell-quoted.")
+    gpu_memory: str | None = Field(
+        None, description="Total GPU memory for preflight when NVML cannot tell, e.g. 16GiB."
+    )
 
     @field_validator("quantization", mode="before")
     @classmethod
@@ -99,9 +113,34 @@ class ModelServerSettings(BaseSettings):
             raise ValueError("must not be empty")
         return value.strip()
 
+    @field_validator("gpu_memory")
+    @classmethod
+    def _gpu_memory(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_bytes(value)
+        return value
+
+    @field_validator("vllm_extra_args")
+    @classmethod
+    def _extra_args(cls, value: str) -> str:
+        shlex.split(value)  # raises ValueError on unbalanced quotes
+        return value
+
     @property
     def effective_threads(self) -> int:
         return self.threads or os.cpu_count() or 1
+
+
+# GPU memory is sold and reported in binary units even when written "GB": 1 GB here = 2**30.
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """'16GiB', '24GB', '16Gi', '512MiB', '1e9' -> bytes (K/M/G/T are powers of 1024)."""
+    match = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([kmgt]i?)?b?\s*", text.lower())
+    if not match:
+        raise ValueError(f"not a size: {text!r} (write e.g. 16GiB or 24GB)")
+    return int(float(match[1]) * _UNITS[(match[2] or "").rstrip("i")])
 
 
 # ConfigMap keys -> settings fields. The first five are the vllm-config keys.
@@ -117,6 +156,8 @@ CONFIGMAP_KEYS = {
     "parallel": "parallel",
     "threads": "threads",
     "batch_size": "batch_size",
+    "engine": "engine",
+    "vllm_extra_args": "vllm_extra_args",
 }
 
 

@@ -17,7 +17,7 @@ REPO_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 def test_bad_model_path_exits_before_binding(tmp_path: Path) -> None:
     port = free_port()
     result = run_cli("serve", "--port", str(port), "--llm-model", "/nowhere/model.gguf")
-    assert result.returncode == 2
+    assert result.returncode == 4
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert "llm_model '/nowhere/model.gguf'" in lines[0]
@@ -27,7 +27,7 @@ def test_bad_model_path_exits_before_binding(tmp_path: Path) -> None:
 
 def test_typo_in_bundled_name_exits_with_clear_line() -> None:
     result = run_cli("serve", "--port", str(free_port()), "--llm-model", "smollm2-135m-instrct")
-    assert result.returncode == 2
+    assert result.returncode == 4
     assert "llm_model 'smollm2-135m-instrct'" in result.stderr
     assert "smollm2-135m-instruct" in result.stderr  # names what does exist
 
@@ -36,7 +36,7 @@ def test_not_a_gguf_file_is_refused(tmp_path: Path) -> None:
     fake = tmp_path / "model.gguf"
     fake.write_text("<html>not a model</html>")
     result = run_cli("serve", "--port", str(free_port()), "--llm-model", str(fake))
-    assert result.returncode == 2
+    assert result.returncode == 4
     assert "is not a GGUF file" in result.stderr
 
 
@@ -191,9 +191,8 @@ def test_hub_download_resumes_partial_file(
     model = resolve(f"test-org/smol:{REPO_FILE}")
     assert model.download is not None
     fractions: list[float] = []
-    path = model.download.fetch(
-        on_progress=lambda p: fractions.append(p.fraction or 0), log_interval=0.1
-    )
+    model.download.fetch(on_progress=lambda p: fractions.append(p.fraction or 0), log_interval=0.1)
+    path = model.path
     assert hub.ranges[0] == "bytes=30000000-"
     # The second request picks up where the broken one stopped writing (within its last chunk).
     second = int(hub.ranges[1].removeprefix("bytes=").rstrip("-"))
@@ -209,7 +208,7 @@ def test_hub_file_not_found_exits_before_binding(tmp_path: Path, hub) -> None:
     result = run_cli(
         "serve", "--port", str(port), "--llm-model", "test-org/smol:missing.gguf", env=env
     )
-    assert result.returncode == 2
+    assert result.returncode == 4
     assert "llm_model 'test-org/smol:missing.gguf'" in result.stderr
     assert "not found on the hub" in result.stderr
     assert not port_open(port)
@@ -218,7 +217,7 @@ def test_hub_file_not_found_exits_before_binding(tmp_path: Path, hub) -> None:
 def test_unreachable_hub_is_a_clear_error(tmp_path: Path) -> None:
     env = {"HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "HF_HOME": str(tmp_path / "hf")}
     result = run_cli("serve", "--port", str(free_port()), "--llm-model", "org/repo:m.gguf", env=env)
-    assert result.returncode == 2
+    assert result.returncode == 7
     assert "unreachable" in result.stderr and "HF_ENDPOINT" in result.stderr
 
 
@@ -226,7 +225,7 @@ def test_repo_without_file_says_what_to_write() -> None:
     result = run_cli(
         "serve", "--port", str(free_port()), "--llm-model", "Qwen/Qwen2.5-0.5B-Instruct"
     )
-    assert result.returncode == 2
+    assert result.returncode == 4
     assert "Qwen/Qwen2.5-0.5B-Instruct:FILE.gguf" in result.stderr
 
 

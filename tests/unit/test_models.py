@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from archon.errors import ConfigError
-from archon.modelserver.models import DownloadProgress, format_progress, resolve
+from archon.hub import Progress, format_progress
+from archon.modelserver.models import resolve
 
 
 def test_bundled_model_resolves_to_a_gguf_file() -> None:
@@ -45,6 +46,10 @@ def test_directory_is_not_a_model(tmp_path: Path) -> None:
 
 def test_progress_line_has_percent_speed_and_eta() -> None:
     line = format_progress(
-        "m.gguf", DownloadProgress(done=25_000_000, total=100_000_000, bytes_per_s=5_000_000)
+        "m.gguf", Progress(done=25_000_000, total=100_000_000, bytes_per_s=5_000_000)
     )
-    assert line == "downloading m.gguf: 25.0% (25.0/100.0 MB) 5.0 MB/s ETA 15s"
+    assert line == "downloading m.gguf: 25.0% (25.0 MB/100.0 MB) 5.0 MB/s ETA 15s"
+    big = format_progress(
+        "org/repo", Progress(done=2_500_000_000, total=10_000_000_000, bytes_per_s=25_000_000)
+    )
+    assert big == "downloading org/repo: 25.0% (2.50 GB/10.00 GB) 25.0 MB/s ETA 5m00s"

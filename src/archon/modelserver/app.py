@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
 
 from archon import __version__
-from archon.errors import install_error_handlers
+from archon.errors import ConfigError, install_error_handlers
 from archon.http import BodyLimitMiddleware, parse_json_body
 from archon.modelserver import models
 from archon.modelserver.metrics import ModelServerMetrics
@@ -31,7 +31,7 @@ def create_app(
     model: models.ResolvedModel | None = None,
     *,
     engine_factory: EngineFactory = llamacpp_factory,
-    on_fatal: Callable[[str], None] | None = None,
+    on_fatal: Callable[[ConfigError], None] | None = None,
 ) -> FastAPI:
     """Build the model server. ``model`` defaults to resolving ``settings.llm_model``."""
     model = model or models.resolve(settings.llm_model)

@@ -13,9 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from archon.errors import ConfigError, ServiceUnavailableError
+from archon.errors import ConfigError, ModelLoadError, ServiceUnavailableError
+from archon.hub import Progress
 from archon.modelserver.engines.base import Engine, EngineDead, EngineStats
-from archon.modelserver.models import DownloadProgress, ResolvedModel
+from archon.modelserver.models import ResolvedModel
 from archon.settings import ModelServerSettings
 
 log = logging.getLogger("archon.modelserver")
@@ -55,15 +56,15 @@ class ModelRuntime:
         model: ResolvedModel,
         served_name: str,
         factory: EngineFactory = llamacpp_factory,
-        on_fatal: Callable[[str], None] | None = None,
+        on_fatal: Callable[[ConfigError], None] | None = None,
     ):
         self.settings = settings
         self.model = model
         self.served_name = served_name
         self._factory = factory
-        self._on_fatal = on_fatal or (lambda _msg: None)
+        self._on_fatal = on_fatal or (lambda _exc: None)
         self.phase: Phase = "starting"
-        self.progress: DownloadProgress | None = None
+        self.progress: Progress | None = None
         self.error: str | None = None
         self.engine: Engine | None = None
         self.started = time.monotonic()
@@ -94,18 +95,18 @@ class ModelRuntime:
                 self.engine.slots,
             )
         except ConfigError as exc:
-            self._fail(str(exc))
+            self._fail(exc)
         except Exception as exc:
             log.exception("model load failed")
-            self._fail(f"model load failed: {exc}")
+            self._fail(ModelLoadError(f"model load failed: {exc}"))
 
-    def _set_progress(self, progress: DownloadProgress) -> None:
+    def _set_progress(self, progress: Progress) -> None:
         self.progress = progress
 
-    def _fail(self, message: str) -> None:
+    def _fail(self, exc: ConfigError) -> None:
         self.phase = "failed"
-        self.error = message
-        self._on_fatal(message)
+        self.error = str(exc)
+        self._on_fatal(exc)
 
     def stats(self) -> EngineStats | None:
         return self.engine.stats() if self.engine is not None else None

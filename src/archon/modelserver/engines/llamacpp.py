@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from archon.errors import ConfigError, InvalidRequestError
+from archon.errors import InvalidRequestError, ModelLoadError
 from archon.modelserver.chat_template import ChatTemplate
 from archon.modelserver.engines.base import (
     EngineDead,
@@ -88,7 +88,7 @@ class LlamaCppEngine:
         model_params.n_gpu_layers = 0
         model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), model_params)
         if not model:
-            raise ConfigError(f"llm_model: llama.cpp could not load {model_path}")
+            raise ModelLoadError(f"llm_model: llama.cpp could not load {model_path}")
         self._model = model
         self._vocab = llama_cpp.llama_model_get_vocab(model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
@@ -97,14 +97,14 @@ class LlamaCppEngine:
             max_model_len = min(train_ctx, 4096)
         elif max_model_len > train_ctx:
             llama_cpp.llama_model_free(model)
-            raise ConfigError(
+            raise ModelLoadError(
                 f"max_model_len {max_model_len} is larger than the model's context length "
                 f"{train_ctx}; lower max_model_len"
             )
         max_parallel = llama_cpp.llama_max_parallel_sequences()
         if slots > max_parallel:
             llama_cpp.llama_model_free(model)
-            raise ConfigError(f"parallel {slots} is above llama.cpp's limit of {max_parallel}")
+            raise ModelLoadError(f"parallel {slots} is above llama.cpp's limit of {max_parallel}")
 
         ctx_params = llama_cpp.llama_context_default_params()
         ctx_params.n_ctx = max_model_len * slots
@@ -118,7 +118,7 @@ class LlamaCppEngine:
         ctx = llama_cpp.llama_init_from_model(model, ctx_params)
         if not ctx:
             llama_cpp.llama_model_free(model)
-            raise ConfigError(
+            raise ModelLoadError(
                 f"llama.cpp could not create a context of {max_model_len} x {slots} tokens; "
                 "lower max_model_len or parallel"
             )

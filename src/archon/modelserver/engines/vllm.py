@@ -1,0 +1,163 @@
+"""The GPU engine: build vLLM's command from the same settings, check it can work, exec it.
+
+vLLM is never imported here: it runs in its own process (its own interpreter, even, with
+``vllm_python``), replacing ours through ``exec`` so signals and exit codes are vLLM's own.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from archon.errors import EngineMissingError, GPUCountError, InsufficientVRAMError
+from archon.modelserver import sizing
+from archon.settings import ModelServerSettings, parse_bytes
+
+log = logging.getLogger("archon.vllm")
+
+ENTRYPOINT = "vllm.entrypoints.openai.api_server"
+
+
+@dataclass(frozen=True)
+class VllmLaunch:
+    python: str
+    args: list[str]  # everything after `python -m vllm.entrypoints.openai.api_server`
+    env: dict[str, str]
+
+    @property
+    def argv(self) -> list[str]:
+        return [self.python, "-m", ENTRYPOINT, *self.args]
+
+    def shell(self) -> str:
+        shown = {k: ("***" if k == "VLLM_API_KEY" else v) for k, v in self.env.items()}
+        prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(shown.items()))
+        return (prefix + " " if prefix else "") + shlex.join(self.argv)
+
+    def config_yaml(self) -> str:
+        """The same arguments as a vLLM ``--config`` file (flag -> value)."""
+        options: dict[str, object] = {}
+        key: str | None = None
+        for arg in self.args:
+            if arg.startswith("--"):
+                name, eq, value = arg[2:].partition("=")
+                if eq:
+                    options[name] = value
+                    key = None
+                else:
+                    options[name] = True
+                    key = name
+            elif key is not None:
+                options[key] = arg
+                key = None
+        return yaml.safe_dump(options, sort_keys=False)
+
+
+def build_vllm_launch(settings: ModelServerSettings) -> VllmLaunch:
+    """``python -m vllm.entrypoints.openai.api_server --model ...`` from Archon's settings."""
+    served = settings.served_model_name or settings.llm_model
+    args = [
+        "--model",
+        settings.llm_model,
+        "--served-model-name",
+        served,
+        "--host",
+        settings.host,
+        "--port",
+        str(settings.port),
+        "--gpu-memory-utilization",
+        f"{settings.gpu_memory_utilization:g}",
+        "--tensor-parallel-size",
+        str(settings.tensor_parallel_size),
+    ]
+    if settings.max_model_len is not None:
+        args += ["--max-model-len", str(settings.max_model_len)]
+    if settings.quantization != "none":
+        args += ["--quantization", settings.quantization]
+    args += shlex.split(settings.vllm_extra_args)
+    env = {}
+    if settings.api_key is not None:
+        # In the environment, not argv: argv is visible to every process on the node.
+        env["VLLM_API_KEY"] = settings.api_key.get_secret_value()
+    return VllmLaunch(settings.vllm_python or sys.executable, args, env)
+
+
+def check_installed(launch: VllmLaunch) -> None:
+    if launch.python == sys.executable:
+        found = importlib.util.find_spec("vllm") is not None
+    else:
+        probe = subprocess.run(
+            [
+                launch.python,
+                "-c",
+                "import importlib.util, sys; "
+                "sys.exit(0 if importlib.util.find_spec('vllm') else 1)",
+            ],
+            capture_output=True,
+            timeout=60,
+        )
+        found = probe.returncode == 0
+    if not found:
+        raise EngineMissingError(
+            f"engine vllm: vLLM is not installed for {launch.python}; "
+            "pip install 'archon[vllm]' there, or point vllm_python (ARCHON_VLLM_PYTHON) at an "
+            "interpreter that has it"
+        )
+
+
+def preflight(settings: ModelServerSettings, facts: sizing.ModelFacts | None) -> str:
+    """Check GPU count and VRAM; return a one-line summary, raise a typed ConfigError if not."""
+    gpus = sizing.detect_gpus()
+    if gpus is not None and settings.tensor_parallel_size > gpus.count:
+        raise GPUCountError(
+            f"tensor_parallel_size {settings.tensor_parallel_size} is larger than the "
+            f"{gpus.count} visible GPU(s); lower tensor_parallel_size or request more GPUs"
+        )
+    memory = (
+        gpus.memory if gpus else (parse_bytes(settings.gpu_memory) if settings.gpu_memory else None)
+    )
+    if facts is None or memory is None:
+        return "VRAM check skipped: " + (
+            "no model facts" if facts is None else "no GPU visible and gpu_memory not set"
+        )
+    report = sizing.estimate(
+        facts,
+        gpu_memory=memory,
+        utilization=settings.gpu_memory_utilization,
+        max_model_len=settings.max_model_len,
+        tensor_parallel=settings.tensor_parallel_size,
+        quantization=settings.quantization,
+    )
+    if not report.fits:
+        raise InsufficientVRAMError(
+            f"llm_model {settings.llm_model!r} needs {sizing.gib(report.needed)} per GPU "
+            f"(weights {sizing.gib(report.weights)}, KV cache for max_model_len="
+            f"{report.max_model_len} {sizing.gib(report.kv_cache)}) but gpu_memory_utilization "
+            f"{settings.gpu_memory_utilization:g} x {sizing.gib(memory)} allows "
+            f"{sizing.gib(report.budget)}: " + "; ".join(report.advice)
+        )
+    return (
+        f"VRAM check passed: needs {sizing.gib(report.needed)} of {sizing.gib(report.budget)} "
+        f"per GPU ({'NVML' if gpus else 'gpu_memory'})"
+    )
+
+
+def write_config(launch: VllmLaunch, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(launch.config_yaml())
+
+
+def exec_vllm(launch: VllmLaunch, extra_env: dict[str, str]) -> None:
+    """Replace this process with vLLM."""
+    env = {**os.environ, **extra_env, **launch.env}
+    log.info("starting vLLM: %s", launch.shell())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvpe(launch.python, launch.argv, env)
