@@ -25,6 +25,8 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # One line per HTTP request of the downloader is noise next to our progress lines.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _fail(message: str, code: int = EXIT_CONFIG) -> None:

@@ -8,6 +8,7 @@ HEAD with ``X-Repo-Commit``, ``X-Linked-Etag`` (the sha256) and ``X-Linked-Size`
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -68,10 +69,41 @@ class FakeHub:
                 self.send_header("Content-Length", str(len(f.data)))
                 self.end_headers()
 
+            def _repo_info(self) -> None:
+                # /api/models/{org}/{repo}/revision/{rev}
+                parts = self.path.split("?")[0].split("/")
+                repo = f"{parts[3]}/{parts[4]}"
+                prefix = repo + "/"
+                siblings = [
+                    {
+                        "rfilename": key[len(prefix) :],
+                        "size": len(f.data),
+                        "lfs": {"sha256": f.sha256, "size": len(f.data)},
+                    }
+                    for key, f in hub.files.items()
+                    if key.startswith(prefix)
+                ]
+                if not siblings:
+                    self.send_response(404)
+                    self.send_header("X-Error-Code", "RepoNotFound")
+                    self.end_headers()
+                    return
+                body = json.dumps({"id": repo, "sha": COMMIT, "siblings": siblings}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
             def do_GET(self) -> None:
+                if self.path.startswith("/api/models/"):
+                    self._repo_info()
+                    return
                 f = self._lookup()
                 if f is None:
                     self.send_response(404)
+                    self.send_header("X-Error-Code", "EntryNotFound")
+                    self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
                 header = self.headers.get("Range")
@@ -88,8 +120,10 @@ class FakeHub:
                 sent = 0
                 chunk = 256 * 1024
                 drop_at = hub.drop_after
-                if drop_at is not None:
-                    hub.drop_after = None  # only the first transfer breaks
+                if drop_at is not None and len(body) > drop_at:
+                    hub.drop_after = None  # only the first large transfer breaks
+                else:
+                    drop_at = None
                 for i in range(0, len(body), chunk):
                     piece = body[i : i + chunk]
                     if drop_at is not None and sent + len(piece) > drop_at:
@@ -115,3 +149,15 @@ class FakeHub:
 
 def load(path: Path) -> HubFile:
     return HubFile(path.read_bytes())
+
+
+def load_tree(root: Path) -> dict[str, HubFile]:
+    """Every file under root/org/repo/... as 'org/repo/path'."""
+    return {
+        str(path.relative_to(root)): HubFile(path.read_bytes())
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and len(path.relative_to(root).parts) >= 3
+    }
+
+
+MODEL_FACTS = Path(__file__).resolve().parent.parent / "data" / "models"

@@ -37,9 +37,12 @@ class VllmLaunch:
         return [self.python, "-m", ENTRYPOINT, *self.args]
 
     def shell(self) -> str:
-        shown = {k: ("***" if k == "VLLM_API_KEY" else v) for k, v in self.env.items()}
-        prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(shown.items()))
-        return (prefix + " " if prefix else "") + shlex.join(self.argv)
+        """The command as a shell line; the API key is shown as *** (it is a secret)."""
+        env = " ".join(
+            f"{k}=***" if k == "VLLM_API_KEY" else f"{k}={shlex.quote(v)}"
+            for k, v in sorted(self.env.items())
+        )
+        return (env + " " if env else "") + shlex.join(self.argv)
 
     def config_yaml(self) -> str:
         """The same arguments as a vLLM ``--config`` file (flag -> value)."""
