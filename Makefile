@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench clean vllm-venv test-vllm
 
 $(STAMP): pyproject.toml scripts/install-system-deps.sh
 	bash scripts/install-system-deps.sh
@@ -22,10 +22,18 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/archon serve --host $(HOST) --port $(PORT)
 
-## Lint, then the whole test suite (real servers, real inference).
-test: $(STAMP)
+## Lint, then the whole test suite (real servers, real inference, real vLLM on the CPU).
+test: $(STAMP) vllm-venv
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
+
+## vLLM's CPU build in its own venv (3.5 GB) for the test that runs the vLLM engine for real.
+vllm-venv:
+	PYTHON=$(PYTHON) bash scripts/setup-vllm-venv.sh .venv-vllm
+
+## Only the real-vLLM test.
+test-vllm: $(STAMP) vllm-venv
+	$(BIN)/python -m pytest -q tests/integration/test_vllm_engine.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -36,4 +44,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/serve_bench.py --write docs/benchmarks.md
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-vllm .pytest_cache .ruff_cache
