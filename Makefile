@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint bench clean vllm-venv test-vllm
+.PHONY: install run test lint bench clean vllm-venv checkov-venv test-vllm
 
 $(STAMP): pyproject.toml scripts/install-system-deps.sh
 	bash scripts/install-system-deps.sh
@@ -23,13 +23,17 @@ run: $(STAMP)
 	$(BIN)/archon serve --host $(HOST) --port $(PORT)
 
 ## Lint, then the whole test suite (real servers, real inference, real vLLM on the CPU).
-test: $(STAMP) vllm-venv
+test: $(STAMP) vllm-venv checkov-venv
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
 ## vLLM's CPU build in its own venv (3.5 GB) for the test that runs the vLLM engine for real.
 vllm-venv:
 	PYTHON=$(PYTHON) bash scripts/setup-vllm-venv.sh .venv-vllm
+
+## checkov (manifest security checks) in its own venv: it pins older shared dependencies.
+checkov-venv:
+	PYTHON=$(PYTHON) bash scripts/setup-checkov-venv.sh .venv-checkov
 
 ## Only the real-vLLM test.
 test-vllm: $(STAMP) vllm-venv
@@ -44,4 +48,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/serve_bench.py --write docs/benchmarks.md
 
 clean:
-	rm -rf $(VENV) .venv-vllm .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-vllm .venv-checkov .pytest_cache .ruff_cache

@@ -162,13 +162,19 @@ CONFIGMAP_KEYS = {
 
 
 def read_configmap(path: Path) -> dict[str, Any]:
-    """Read the ``data`` of a ConfigMap YAML as settings values."""
+    """Read a ConfigMap's ``data`` (or a kustomize ConfigMapGenerator's ``literals``)."""
     try:
         doc = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"--config {path}: file not found") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--config {path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    if isinstance(doc, dict) and doc.get("kind") == "ConfigMapGenerator":
+        # manifests/model-server/configmap.yaml: `literals: [key=value, ...]`
+        literals = doc.get("literals") or []
+        if not all(isinstance(item, str) and "=" in item for item in literals):
+            raise ConfigError(f"--config {path}: literals must be 'key=value' strings")
+        doc = {"data": dict(item.split("=", 1) for item in literals)}
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), dict):
         raise ConfigError(f"--config {path}: expected a ConfigMap with a 'data' mapping")
     values: dict[str, Any] = {}

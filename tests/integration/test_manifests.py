@@ -1,0 +1,368 @@
+"""The Kubernetes bundle: kustomize builds, schema validation, checkov, and the promises the
+operations guide makes (kubectl apply -k, the Tekton pipeline, model updates through ArgoCD)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from tests.support import fake_hub
+from tests.support.servers import ARCHON, run_cli
+
+ROOT = Path(__file__).resolve().parents[2]
+CRDS = ROOT / "tests" / "data" / "crds"
+KUSTOMIZATIONS = [
+    "manifests/model-server",
+    "manifests/overlays/cpu",
+    "pipeline",
+    "manifests/argocd",
+]
+CRD_SCHEMAS = {
+    ("tekton.dev/v1", "Pipeline"): "tekton-pipeline.yaml",
+    ("tekton.dev/v1", "Task"): "tekton-task.yaml",
+    ("tekton.dev/v1", "PipelineRun"): "tekton-pipelinerun.yaml",
+    ("argoproj.io/v1alpha1", "Application"): "argocd-application.yaml",
+}
+VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
+CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
+
+
+def kustomize(path: Path | str) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(path)], capture_output=True, text=True, check=True
+    ).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    matches = [
+        d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
+    ]
+    assert len(matches) == 1, f"{kind}/{name}: {len(matches)} found"
+    return matches[0]
+
+
+def crd_validator(filename: str) -> jsonschema.Draft202012Validator:
+    common = yaml.safe_load((CRDS / "common.yaml").read_text())
+    schema = {**yaml.safe_load((CRDS / filename).read_text()), "$id": filename}
+    registry = Registry().with_resources(
+        [
+            ("common.yaml", Resource.from_contents(common, DRAFT202012)),
+            (filename, Resource.from_contents(schema, DRAFT202012)),
+        ]
+    )
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+def validate(doc: dict[str, Any]) -> None:
+    key = (doc["apiVersion"], doc["kind"])
+    if key in CRD_SCHEMAS:
+        errors = list(crd_validator(CRD_SCHEMAS[key]).iter_errors(doc))
+        assert not errors, [f"{list(e.path)}: {e.message}" for e in errors]
+    else:
+        kubernetes_validate.validate(doc, "1.32.0", strict=True)
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_every_kustomization_builds_and_validates(path: str) -> None:
+    docs = kustomize(ROOT / path)
+    assert docs
+    for doc in docs:
+        validate(doc)
+
+
+def test_schemas_catch_a_misspelt_field() -> None:
+    app = yaml.safe_load((ROOT / "manifests/argocd/model-server-application.yaml").read_text())
+    broken = copy.deepcopy(app)
+    broken["spec"]["syncPolicy"]["automated"]["selfheal"] = True
+    with pytest.raises(AssertionError):
+        validate(broken)
+    validate(app)
+
+
+def test_base_matches_the_operations_guide() -> None:
+    docs = kustomize(ROOT / "manifests/model-server")
+    assert all(d["metadata"].get("namespace", "archon-system") == "archon-system" for d in docs)
+    find(docs, "Namespace", "archon-system")
+    quota = find(docs, "ResourceQuota")
+    assert quota["spec"]["hard"]["requests.nvidia.com/gpu"] == "1"
+    find(docs, "LimitRange")
+    pvc = find(docs, "PersistentVolumeClaim", "model-cache")
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "50Gi"
+    service = find(docs, "Service", "vllm")
+    assert service["spec"]["ports"][0]["port"] == 8000
+    ingress = find(docs, "Ingress", "vllm")
+    assert ingress["spec"]["rules"][0]["host"] == "archon.home.local"
+    assert (
+        int(ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"])
+        >= 600
+    )
+
+    deployment = find(docs, "Deployment", "vllm")
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    assert spec["strategy"]["type"] == "Recreate"
+    assert spec["template"]["metadata"]["labels"]["app"] == "vllm"
+    assert pod["runtimeClassName"] == "nvidia"
+    (vllm,) = pod["containers"]
+    assert re.fullmatch(r"vllm/vllm-openai:v\d+\.\d+\.\d+", vllm["image"])
+    assert vllm["resources"]["limits"]["nvidia.com/gpu"] == 1
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert vllm[probe]["httpGet"]["path"] == "/health"
+    startup = vllm["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
+    assert [c["name"] for c in pod["initContainers"]] == ["model-pull", "preflight"]
+    assert pod["initContainers"][0]["args"] == ["model", "pull"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    for container in [*pod["initContainers"], vllm]:
+        sc = container["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"]["drop"] == ["ALL"]
+
+
+def test_cpu_overlay_serves_with_archon_under_the_same_names() -> None:
+    docs = kustomize(ROOT / "manifests/overlays/cpu")
+    pod = find(docs, "Deployment", "vllm")["spec"]["template"]["spec"]
+    assert "runtimeClassName" not in pod
+    assert not pod.get("initContainers")
+    (container,) = pod["containers"]
+    assert container["image"].startswith("ghcr.io/archon-platform/archon:")
+    assert container["command"] == ["archon"] and container["args"] == ["serve"]
+    assert "nvidia.com/gpu" not in container["resources"]["limits"]
+    assert container["ports"][0]["containerPort"] == 8000
+    assert find(docs, "Service", "vllm")["spec"]["ports"][0]["port"] == 8000
+    data = find(docs, "ConfigMap")["data"]
+    assert data["llm_model"] == "smollm2-135m-instruct"
+
+
+def _render_with(tmp_path: Path, llm_model: str) -> list[dict[str, Any]]:
+    copy_root = tmp_path / llm_model.replace("/", "_")
+    shutil.copytree(ROOT / "manifests", copy_root / "manifests")
+    configmap = copy_root / "manifests/model-server/configmap.yaml"
+    text = configmap.read_text()
+    configmap.write_text(re.sub(r"llm_model=\S+", f"llm_model={llm_model}", text))
+    return kustomize(copy_root / "manifests/model-server")
+
+
+def test_editing_llm_model_changes_the_pod_template(tmp_path: Path) -> None:
+    """The guide's model update: a changed ConfigMap alone restarts nothing in Kubernetes."""
+    before = _render_with(tmp_path, "Qwen/Qwen2.5-Coder-14B-Instruct-GPTQ-Int4")
+    after = _render_with(tmp_path, "Qwen/Qwen2.5-Coder-7B-Instruct-GPTQ-Int4")
+    cm_before, cm_after = find(before, "ConfigMap"), find(after, "ConfigMap")
+    assert cm_before["metadata"]["name"] != cm_after["metadata"]["name"]
+    template_before = find(before, "Deployment")["spec"]["template"]
+    template_after = find(after, "Deployment")["spec"]["template"]
+    assert template_before != template_after
+    refs = json.dumps(template_after)
+    assert cm_after["metadata"]["name"] in refs and cm_before["metadata"]["name"] not in refs
+
+
+def test_archon_reads_the_configmap_file_the_guide_edits() -> None:
+    result = run_cli(
+        "serve",
+        "--engine",
+        "vllm",
+        "--config",
+        str(ROOT / "manifests/model-server/configmap.yaml"),
+        "--dry-run",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--model Qwen/Qwen2.5-Coder-14B-Instruct-GPTQ-Int4" in result.stdout
+
+
+def _pod_env(container: dict[str, Any], configmap: dict[str, Any]) -> dict[str, str]:
+    """The environment Kubernetes gives a container: envFrom with prefix, then env."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        assert source["configMapRef"]["name"] == configmap["metadata"]["name"]
+        for key, value in configmap["data"].items():
+            env[source.get("prefix", "") + key] = value
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+    return env
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("ARCHON_", "HF_"))}
+
+
+def _flags_to_dict(args: list[str]) -> dict[str, str]:
+    out, key = {}, None
+    for arg in args:
+        if arg.startswith("--"):
+            key = arg[2:]
+            out[key] = "true"
+        else:
+            out[key] = arg
+    return out
+
+
+def test_the_pod_gives_vllm_the_args_dry_run_builds(tmp_path: Path) -> None:
+    """One source of truth: the Deployment's vLLM arguments are what `--dry-run` prints."""
+    docs = kustomize(ROOT / "manifests/model-server")
+    configmap = find(docs, "ConfigMap")
+    pod = find(docs, "Deployment", "vllm")["spec"]["template"]["spec"]
+    pull, preflight = pod["initContainers"]
+    (vllm,) = pod["containers"]
+
+    # What `--dry-run` builds from the same ConfigMap, in the preflight container's environment.
+    env = {**_clean_env(), **_pod_env(preflight, configmap)}
+    dry = subprocess.run(
+        [*ARCHON, "serve", "--engine", "vllm", "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout.split()
+    entry = dry.index("vllm.entrypoints.openai.api_server")
+    dry_args = dry[entry + 1 :]
+
+    # Run the two init containers' commands as the pod would (hub: the stand-in with the real
+    # config.json of the model; GPU: 16 GiB as NVML would report on the guide's card).
+    written_at = preflight["args"][preflight["args"].index("--write-vllm-config") + 1]
+    assert vllm["command"] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+    assert vllm["args"] == ["--config", written_at]
+    mounts = {m["name"]: m["mountPath"] for m in vllm["volumeMounts"]}
+    assert Path(written_at).parent == Path(mounts["run-archon"])
+
+    hub = fake_hub.FakeHub(fake_hub.load_tree(fake_hub.MODEL_FACTS)).start()
+    try:
+        local = tmp_path / "vllm.yaml"
+        side = {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "models")}
+        for container, extra in ((pull, {}), (preflight, {"ARCHON_GPU_MEMORY": "16GiB"})):
+            args = [local.as_posix() if a == written_at else a for a in container["args"]]
+            result = subprocess.run(
+                [*ARCHON, *args],
+                capture_output=True,
+                text=True,
+                env={**_clean_env(), **_pod_env(container, configmap), **side, **extra},
+            )
+            assert result.returncode == 0, f"{container['name']}: {result.stderr}"
+    finally:
+        hub.stop()
+
+    written = {k: str(v) for k, v in yaml.safe_load(local.read_text()).items()}
+    assert written == _flags_to_dict(dry_args)
+    assert written["host"] == "0.0.0.0" and written["port"] == "8000"
+
+    if VLLM_PYTHON.exists():  # and vLLM itself reads both the same way
+        probe = (
+            "import json, sys; from vllm.entrypoints.launchers.cli_args import make_arg_parser; "
+            "from vllm.utils.argparse_utils import FlexibleArgumentParser; "
+            "p = lambda a: vars(make_arg_parser(FlexibleArgumentParser()).parse_args(a)); "
+            f"print(json.dumps(p({dry_args!r}) == p(['--config', {str(local)!r}])))"
+        )
+        same = subprocess.run(
+            [str(VLLM_PYTHON), "-c", probe], capture_output=True, text=True, timeout=300
+        )
+        assert same.stdout.strip().splitlines()[-1] == "true", same.stderr[-2000:]
+
+
+GUIDE_PIPELINERUN = """
+apiVersion: tekton.dev/v1
+kind: PipelineRun
+metadata:
+  generateName: deploy-model-server-
+  namespace: pipeline-system
+spec:
+  pipelineRef:
+    name: deploy-model-server
+"""
+
+
+def test_the_guides_pipelinerun_runs_our_pipeline_with_defaults() -> None:
+    run = yaml.safe_load(GUIDE_PIPELINERUN)
+    validate(run)
+    docs = kustomize(ROOT / "pipeline")
+    pipeline = find(docs, "Pipeline", run["spec"]["pipelineRef"]["name"])
+    assert pipeline["metadata"]["namespace"] == run["metadata"]["namespace"]
+    params = {p["name"]: p for p in pipeline["spec"]["params"]}
+    for name in ("git-url", "git-revision", "manifest-path", "app-name", "target-namespace"):
+        assert "default" in params[name], name
+    assert params["manifest-path"]["default"] == "manifests/model-server"
+    assert params["target-namespace"]["default"] == "archon-system"
+    task_names = {t["taskRef"]["name"] for t in pipeline["spec"]["tasks"]}
+    shipped = {d["metadata"]["name"] for d in docs if d["kind"] == "Task"}
+    assert task_names <= shipped  # no external task needed
+    binding = find(docs, "RoleBinding")
+    assert binding["subjects"][0] == {
+        "kind": "ServiceAccount",
+        "name": "default",
+        "namespace": "pipeline-system",
+    }
+
+
+def test_the_task_creates_the_same_application_as_the_manifest() -> None:
+    docs = kustomize(ROOT / "pipeline")
+    task = find(docs, "Task", "argocd-application")
+    pipeline = find(docs, "Pipeline", "deploy-model-server")
+    defaults = {p["name"]: p.get("default") for p in task["spec"]["params"]}
+    defaults.update({p["name"]: p["default"] for p in pipeline["spec"]["params"]})
+    script = task["spec"]["steps"][0]["script"]
+    after_heredoc = script.split("<<APP", 1)[1].split("\n", 1)[1]
+    body = after_heredoc.split("\nAPP\n", 1)[0]
+    rendered = re.sub(r"\$\(params\.([a-z-]+)\)", lambda m: str(defaults[m[1]]), body)
+    application = yaml.safe_load(rendered)
+    validate(application)
+    standalone = yaml.safe_load(
+        (ROOT / "manifests/argocd/model-server-application.yaml").read_text()
+    )
+    assert application["spec"] == standalone["spec"]
+    policy = application["spec"]["syncPolicy"]
+    assert policy["automated"] == {"prune": True, "selfHeal": True}
+    assert "CreateNamespace=true" in policy["syncOptions"]
+
+
+@pytest.mark.skipif(
+    not CHECKOV.exists(), reason="run scripts/setup-checkov-venv.sh (make test does)"
+)
+def test_checkov_passes_on_rendered_manifests_and_dockerfile(tmp_path: Path) -> None:
+    for path in KUSTOMIZATIONS:
+        docs = kustomize(ROOT / path)
+        (tmp_path / (path.replace("/", "-") + ".yaml")).write_text(yaml.safe_dump_all(docs))
+    shutil.copy(ROOT / "Dockerfile", tmp_path / "Dockerfile")
+    result = subprocess.run(
+        [
+            str(CHECKOV),
+            "-d",
+            str(tmp_path),
+            "--framework",
+            "kubernetes",
+            "dockerfile",
+            "--compact",
+            "--quiet",
+            "--skip-download",
+            "-o",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "BC_SKIP_MAPPING": "TRUE"},
+    )
+    reports = json.loads(result.stdout)
+    reports = reports if isinstance(reports, list) else [reports]
+    failed = [
+        (r["check_type"], c["check_id"], c["resource"])
+        for r in reports
+        for c in r.get("results", {}).get("failed_checks", [])
+    ]
+    passed = sum(r.get("summary", {}).get("passed", 0) for r in reports)
+    assert not failed
+    assert passed > 50
+    skipped = [c for r in reports for c in r.get("results", {}).get("skipped_checks", [])]
+    assert all(c.get("check_result", {}).get("suppress_comment") for c in skipped)
