@@ -132,8 +132,17 @@ class RemoteFile:
         return repo_cache(self.repo_id) / "snapshots" / self.commit / self.filename
 
 
+def _refuse_if_offline(reference: str) -> None:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise ModelReferenceError(
+            f"llm_model {reference!r}: not in the model cache ({cache_dir()}) and HF_HUB_OFFLINE "
+            "is set; pull it first (archon model pull) or unset HF_HUB_OFFLINE"
+        )
+
+
 def head_file(reference: str, repo_id: str, revision: str, filename: str) -> RemoteFile:
     """Ask the hub about one file; raise ModelReferenceError / NetworkError on failure."""
+    _refuse_if_offline(reference)
     url = resolve_url(repo_id, revision, filename)
     try:
         response = httpx.head(url, headers=auth_headers(), follow_redirects=False, timeout=15)
@@ -154,6 +163,7 @@ def head_file(reference: str, repo_id: str, revision: str, filename: str) -> Rem
 
 def list_files(reference: str, repo_id: str, revision: str) -> list[RemoteFile]:
     """All files of a repository revision, with sizes (the hub's model-info API)."""
+    _refuse_if_offline(reference)
     url = f"{endpoint()}/api/models/{repo_id}/revision/{quote(revision, safe='')}"
     try:
         response = httpx.get(url, params={"blobs": "true"}, headers=auth_headers(), timeout=30)

@@ -194,6 +194,18 @@ def test_model_pull_resumes_after_a_broken_connection(tmp_path: Path, hub) -> No
     ].data
 
 
+def test_offline_mode_with_an_empty_cache_is_a_clear_error(tmp_path: Path, hub) -> None:
+    result = run_cli(
+        "model",
+        "pull",
+        "acme/tiny-llm",
+        env={"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 4
+    assert "HF_HUB_OFFLINE" in result.stderr
+    assert not hub.ranges  # nothing was fetched
+
+
 @pytest.mark.parametrize(
     ("reference", "env_endpoint", "code", "needle"),
     [
