@@ -10,6 +10,7 @@ declare -A NEED=(
   [make]=make
   [git]=git
   [curl]=curl          # the README's example request
+  [promtool]=prometheus  # alert rule tests and the Prometheus the monitoring tests scrape with
 )
 missing=()
 for cmd in "${!NEED[@]}"; do

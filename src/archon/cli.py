@@ -253,6 +253,73 @@ def config_check(
 
 
 @app.command()
+def status(
+    url: Annotated[str, typer.Argument(help="Base URL of a model server (or agent, KB).")] = (
+        "http://127.0.0.1:8000"
+    ),
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    interval: Annotated[
+        float, typer.Option(help="Seconds between two /metrics reads, for tokens/s.")
+    ] = 2.0,
+) -> None:
+    """Health, served model and latency/throughput of a running service."""
+    import json
+
+    from archon.ops.status import collect
+
+    report = collect(url, interval=interval)
+    if json_output:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        _print_status(report)
+    if not report.healthy:
+        raise typer.Exit(1)
+
+
+def _print_status(report: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not report.reachable:
+        console.print(f"[red]{report.url} is unreachable[/red]: {report.error}")
+        return
+    table = Table(title=f"archon status {report.url}", show_header=False)
+    table.add_column("item")
+    table.add_column("value")
+    state = report.health.get("status", "?")
+    colour = "green" if report.healthy else "red"
+    extra = report.health.get("phase", "")
+    if "progress" in report.health:
+        extra += f" {100 * report.health['progress']:.0f}%"
+    table.add_row("health", f"[{colour}]{state}[/{colour}] {extra}".strip())
+    for model in report.models:
+        table.add_row("model", f"{model.get('id')} (max_model_len {model.get('max_model_len')})")
+
+    def seconds(value: float | None) -> str:
+        return "-" if value is None else f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+    s = report.summary
+    if s:
+        table.add_row("TTFT p50 / p95", f"{seconds(s['ttft_p50_s'])} / {seconds(s['ttft_p95_s'])}")
+        table.add_row("e2e latency p95", seconds(s["e2e_p95_s"]))
+        table.add_row("inter-token p50", seconds(s["itl_p50_s"]))
+        tps = s["tokens_per_s"]
+        table.add_row("tokens/s (now)", "-" if tps is None else f"{tps:.1f}")
+        table.add_row(
+            "running / waiting",
+            f"{s['running']:.0f} / {s['waiting']:.0f}" if s["running"] is not None else "-",
+        )
+        kv = s["kv_cache_usage"]
+        table.add_row("KV cache", "-" if kv is None else f"{100 * kv:.1f}%")
+    if report.finished:
+        table.add_row(
+            "finished", ", ".join(f"{k} {v:.0f}" for k, v in sorted(report.finished.items()))
+        )
+    console.print(table)
+
+
+@app.command()
 def version() -> None:
     """Print Archon's version."""
     from archon import __version__

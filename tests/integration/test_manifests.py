@@ -35,6 +35,8 @@ CRD_SCHEMAS = {
     ("tekton.dev/v1", "Task"): "tekton-task.yaml",
     ("tekton.dev/v1", "PipelineRun"): "tekton-pipelinerun.yaml",
     ("argoproj.io/v1alpha1", "Application"): "argocd-application.yaml",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheus-rule.yaml",
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "service-monitor.yaml",
 }
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
