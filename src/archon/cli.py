@@ -320,6 +320,77 @@ def _print_status(report: Any) -> None:
 
 
 @app.command()
+def doctor(
+    namespace: Annotated[str, typer.Option(help="Namespace of the model server.")] = (
+        "archon-system"
+    ),
+    selector: Annotated[str, typer.Option(help="Label selector of its pods.")] = "app=vllm",
+    configmap: Annotated[str, typer.Option(help="Its ConfigMap (before the hash).")] = (
+        "vllm-config"
+    ),
+    context: Annotated[str | None, typer.Option(help="kube context (default: current).")] = None,
+    prometheus: Annotated[
+        str | None, typer.Option(help="Prometheus URL for latency and GPU data.")
+    ] = None,
+    dump: Annotated[
+        Path | None, typer.Option(help="Also save every object and log read into DIR.")
+    ] = None,
+    from_dir: Annotated[
+        Path | None, typer.Option("--from", help="Diagnose a dump instead of a cluster.")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Run the operations guide's prerequisite check and runbooks against the cluster."""
+    import json
+
+    from archon.errors import ConfigError
+    from archon.ops.doctor import Scope, diagnose
+    from archon.ops.doctor.source import ClusterSource, DumpCluster, LiveCluster, RecordingCluster
+
+    try:
+        source: ClusterSource
+        if from_dir is not None:
+            source = DumpCluster(from_dir)
+            meta = source.meta
+            namespace = meta.get("namespace", namespace)
+            selector = meta.get("selector", selector)
+            configmap = meta.get("configmap", configmap)
+        else:
+            source = LiveCluster(context, prometheus)
+        if dump is not None:
+            source = RecordingCluster(
+                source, dump, namespace=namespace, selector=selector, configmap=configmap
+            )
+        findings = diagnose(Scope(source, namespace, selector, configmap))
+    except ConfigError as exc:
+        _fail(str(exc), exc.exit_code)
+        return
+    if json_output:
+        typer.echo(json.dumps([f.as_dict() for f in findings], indent=2))
+    else:
+        _print_findings(findings)
+    if findings:
+        raise typer.Exit(1)
+
+
+def _print_findings(findings: list[Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not findings:
+        console.print("[green]no problems found[/green]")
+        return
+    table = Table(title="archon doctor", show_lines=True)
+    for column in ("check", "problem", "evidence", "fix"):
+        table.add_column(column, overflow="fold")
+    for f in findings:
+        colour = "red" if f.severity == "error" else "yellow"
+        table.add_row(f.check, f"[{colour}]{f.title}[/{colour}]", "\n".join(f.evidence), f.fix)
+    console.print(table)
+
+
+@app.command()
 def version() -> None:
     """Print Archon's version."""
     from archon import __version__

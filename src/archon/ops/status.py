@@ -66,7 +66,7 @@ def histogram_quantile(q: float, samples: Samples, name: str) -> float | None:
     return previous_bound
 
 
-def _sum(samples: Samples, name: str) -> float | None:
+def sum_of(samples: Samples, name: str) -> float | None:
     values = [v for _, v in samples.get(name, [])]
     return sum(values) if values else None
 
@@ -102,8 +102,8 @@ def collect(url: str, *, interval: float = 2.0, timeout: float = 5.0) -> Status:
     except httpx.HTTPError as exc:
         status.error = f"{exc.__class__.__name__}: {exc}"
         return status
-    generated = (_sum(after, "vllm:generation_tokens_total") or 0.0) - (
-        _sum(before, "vllm:generation_tokens_total") or 0.0
+    generated = (sum_of(after, "vllm:generation_tokens_total") or 0.0) - (
+        sum_of(before, "vllm:generation_tokens_total") or 0.0
     )
     status.summary = {
         "ttft_p50_s": histogram_quantile(0.5, after, "vllm:time_to_first_token_seconds"),
@@ -111,8 +111,8 @@ def collect(url: str, *, interval: float = 2.0, timeout: float = 5.0) -> Status:
         "e2e_p95_s": histogram_quantile(0.95, after, "vllm:e2e_request_latency_seconds"),
         "itl_p50_s": histogram_quantile(0.5, after, "vllm:inter_token_latency_seconds"),
         "tokens_per_s": generated / interval if interval > 0 else None,
-        "running": _sum(after, "vllm:num_requests_running"),
-        "waiting": _sum(after, "vllm:num_requests_waiting"),
+        "running": sum_of(after, "vllm:num_requests_running"),
+        "waiting": sum_of(after, "vllm:num_requests_waiting"),
         "kv_cache_usage": _max(after, "vllm:kv_cache_usage_perc"),
     }
     for labels, value in after.get("vllm:request_success_total", []):

@@ -1,0 +1,25 @@
+"""`archon doctor`: the operations guide's prerequisites and runbooks, run against a cluster."""
+
+from __future__ import annotations
+
+from archon.ops.doctor import crashloop, latency, loading, pending, prerequisites
+from archon.ops.doctor.findings import Finding
+from archon.ops.doctor.scope import Scope
+
+CHECKS = {
+    "prerequisites": prerequisites.check,
+    "pending": pending.check,
+    "crashloop": crashloop.check,
+    "slow-loading": loading.check,
+    "latency": latency.check,
+}
+
+
+def diagnose(scope: Scope) -> list[Finding]:
+    findings: list[Finding] = []
+    for check in CHECKS.values():
+        findings.extend(check(scope))
+    return findings
+
+
+__all__ = ["CHECKS", "Finding", "Scope", "diagnose"]

@@ -1,0 +1,113 @@
+"""Runbook "Slow Model Loading": a pod not ready 30 minutes after it was created."""
+
+from __future__ import annotations
+
+import re
+
+from archon.ops.doctor.findings import Finding
+from archon.ops.doctor.scope import Scope, age_seconds, container_statuses, is_ready, name
+
+RUNBOOK = "docs/runbooks/ArchonModelLoadingSlow.md"
+SLOW_AFTER_S = 30 * 60
+PROGRESS = re.compile(r"downloading .*?: [\d.]+% .*")
+
+
+def check(scope: Scope) -> list[Finding]:
+    found = []
+    now = scope.source.now()
+    for pod in scope.pods():
+        age = age_seconds(pod, now)
+        if (
+            is_ready(pod)
+            or age < SLOW_AFTER_S
+            or pod.get("status", {}).get("phase") not in ("Pending", "Running")
+        ):
+            continue
+        if any(
+            s.get("state", {}).get("waiting", {}).get("reason") == "CrashLoopBackOff"
+            for _, s in container_statuses(pod)
+        ):
+            continue  # the crash-loop check explains this pod
+        if any(
+            c.get("type") == "PodScheduled" and c.get("status") == "False"
+            for c in pod.get("status", {}).get("conditions", [])
+        ):
+            continue  # not scheduled: the pending check explains this pod
+        evidence = [f"pod {name(pod)} created {age / 60:.0f} min ago, not ready"]
+        unbound = _unbound_claims(scope, pod)
+        if unbound:
+            found.append(
+                Finding(
+                    "slow-loading",
+                    "error",
+                    "Model loading stalled: the model-cache PVC is not bound",
+                    "Give the cluster a default StorageClass or set storageClassName in "
+                    "manifests/model-server/pvc.yaml (kubectl get storageclass)",
+                    evidence + unbound,
+                    RUNBOOK,
+                )
+            )
+            continue
+        found.append(_progress(scope, pod, evidence))
+    return found
+
+
+def _unbound_claims(scope: Scope, pod: dict) -> list[str]:
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for v in pod.get("spec", {}).get("volumes", [])
+        if "persistentVolumeClaim" in v
+    }
+    return [
+        f"PVC {name(pvc)} is {pvc.get('status', {}).get('phase', '?')}"
+        for pvc in scope.source.list("persistentvolumeclaims", scope.namespace)
+        if name(pvc) in claims and pvc.get("status", {}).get("phase") != "Bound"
+    ]
+
+
+def _progress(scope: Scope, pod: dict, evidence: list[str]) -> Finding:
+    statuses = dict((s["name"], s) for _, s in container_statuses(pod))
+    pull = statuses.get("model-pull")
+    log = scope.source.log(scope.namespace, name(pod), "model-pull", previous=False) or ""
+    lines = PROGRESS.findall(log)
+    if pull is not None and "running" in pull.get("state", {}):
+        if lines:
+            return Finding(
+                "slow-loading",
+                "warning",
+                "First download of the model still running",
+                "Expected for a first download (15-30 min for ~10 GB). If the speed is low, "
+                "check the node's network; the download resumes if the pod restarts.",
+                [*evidence, f"model-pull: {lines[-1]}"],
+                RUNBOOK,
+            )
+        return Finding(
+            "slow-loading",
+            "error",
+            "Model download shows no progress",
+            "model-pull has logged no progress line (it logs one every <=10 s): check egress "
+            "to the hub, DNS and proxies; kubectl logs -c model-pull shows where it stands.",
+            [*evidence, *[x for x in log.strip().splitlines()[-3:] if x]],
+            RUNBOOK,
+        )
+    cached = "already available" in log
+    vllm_log = scope.source.log(scope.namespace, name(pod), "vllm", previous=False) or ""
+    tail = [x for x in vllm_log.strip().splitlines() if x][-3:]
+    return Finding(
+        "slow-loading",
+        "warning",
+        "Model cached, vLLM still loading" if cached else "Model downloaded, vLLM still loading",
+        "Loading from a slow volume (network storage) takes long: use a faster StorageClass for "
+        "model-cache. The vllm container's log shows the loading step.",
+        [
+            *evidence,
+            "model-pull: "
+            + (
+                "model was already in the cache (not a first download)"
+                if cached
+                else "first download finished"
+            ),
+            *[f"vllm: {x}" for x in tail],
+        ],
+        RUNBOOK,
+    )
