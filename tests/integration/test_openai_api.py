@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import socket
 import threading
 import time
 
@@ -258,10 +260,22 @@ def test_disconnected_stream_frees_its_slot(server: Server) -> None:
 
 def test_client_leaving_a_non_streaming_request_frees_its_slot(server: Server) -> None:
     aborted_before = metric(server, "vllm:request_success_total", finished_reason="abort")
-    body = {"model": MODEL, "prompt": "Numbers:", "max_tokens": 1500, "ignore_eos": True}
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{server.url}/v1/completions", json=body, timeout=1.0)
-    deadline = time.monotonic() + 10
+    body = json.dumps(
+        {"model": MODEL, "prompt": "Numbers:", "max_tokens": 1500, "ignore_eos": True}
+    ).encode()
+    request = (
+        b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    with socket.create_connection(("127.0.0.1", server.port)) as conn:
+        conn.sendall(request)
+        deadline = time.monotonic() + 30
+        while metric(server, "vllm:num_requests_running") < 1:
+            assert time.monotonic() < deadline, "the request never started"
+            time.sleep(0.05)
+    # The client has hung up without reading its answer.
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         done = metric(server, "vllm:request_success_total", finished_reason="abort")
         if done > aborted_before and metric(server, "vllm:num_requests_running") == 0:
