@@ -390,6 +390,116 @@ def _print_findings(findings: list[Any]) -> None:
     console.print(table)
 
 
+kb_app = typer.Typer(help="The knowledge base: sync docs, serve queries.", no_args_is_help=True)
+app.add_typer(kb_app, name="kb")
+
+
+@kb_app.command("sync")
+def kb_sync(
+    sources: Annotated[Path | None, typer.Option(help="Sources file (YAML).")] = None,
+    server: Annotated[
+        str | None, typer.Option(help="Ask a running `archon kb serve` to sync instead.")
+    ] = None,
+    reindex: Annotated[bool, typer.Option(help="Drop every chunk and embed again.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+    log_level: Annotated[str, typer.Option()] = "warning",
+) -> None:
+    """Sync the sources' Markdown into the store: incremental, crash-safe, prunes deletions."""
+    import json
+
+    from archon.errors import ConfigError
+
+    _setup_logging(log_level)
+    if server:
+        import httpx
+
+        response = httpx.post(f"{server.rstrip('/')}/sync", timeout=30)
+        typer.echo(response.text)
+        raise typer.Exit(0 if response.status_code in (202, 409) else 1)
+    try:
+        from archon.kb.service import KnowledgeBase
+        from archon.settings import load_kb_settings
+
+        settings = load_kb_settings({"sources": sources})
+        kb = KnowledgeBase(settings, reindex=reindex)
+    except ConfigError as exc:
+        _fail(str(exc), exc.exit_code)
+        return
+    try:
+        report = _sync_with_progress(kb, settings.sources, quiet=json_output)
+    except ConfigError as exc:
+        _fail(str(exc), exc.exit_code)
+        return
+    finally:
+        kb.close()
+    if json_output:
+        from dataclasses import asdict
+
+        typer.echo(json.dumps(asdict(report), indent=2))
+    else:
+        for s in report.sources:
+            state = (
+                f"[error] {s.error}"
+                if s.error
+                else (
+                    f"+{s.added} ~{s.changed} ={s.unchanged} -{s.deleted} files, "
+                    f"{s.chunks_written} chunks written"
+                )
+            )
+            typer.echo(f"{s.name}: {state}")
+        typer.echo(f"synced in {report.seconds:.1f}s")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _sync_with_progress(kb: Any, sources: Path, *, quiet: bool) -> Any:
+    if quiet:
+        return kb.sync(sources)
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(source: str, done: int, total: int) -> None:
+            if source not in tasks:
+                tasks[source] = bar.add_task(source, total=total)
+            bar.update(tasks[source], completed=done)
+
+        return kb.sync(sources, progress)
+
+
+@kb_app.command("serve")
+def kb_serve(
+    sources: Annotated[Path | None, typer.Option(help="Sources file (YAML).")] = None,
+    host: Annotated[str | None, typer.Option()] = None,
+    port: Annotated[int | None, typer.Option()] = None,
+    sync_interval: Annotated[
+        float | None, typer.Option(help="Seconds between syncs run by the service; 0 = none.")
+    ] = None,
+    log_level: Annotated[str, typer.Option()] = "info",
+) -> None:
+    """Serve /query over the store (and run syncs on a schedule or on POST /sync)."""
+    from archon.errors import ConfigError
+    from archon.settings import load_kb_settings
+
+    _setup_logging(log_level)
+    try:
+        settings = load_kb_settings(
+            {"sources": sources, "host": host, "port": port, "sync_interval": sync_interval}
+        )
+    except ConfigError as exc:
+        _fail(str(exc), exc.exit_code)
+        return
+    import uvicorn
+
+    from archon.kb.app import create_app
+
+    typer.echo(f"Archon knowledge base on http://{settings.host}:{settings.port}", err=True)
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level=log_level.lower()
+    )
+
+
 @app.command()
 def version() -> None:
     """Print Archon's version."""

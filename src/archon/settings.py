@@ -208,3 +208,45 @@ def load_model_server_settings(
         return ModelServerSettings(**merged)
     except ValidationError as exc:
         raise ConfigError(_explain(exc, source)) from None
+
+
+class KnowledgeBaseSettings(BaseSettings):
+    """Settings of `archon kb serve` and `archon kb sync`."""
+
+    model_config = SettingsConfigDict(env_prefix="ARCHON_KB_", extra="forbid")
+
+    sources: Path = Field(Path("sources.yaml"), description="The sources file (YAML).")
+    data_dir: Path = Field(Path(".archon/kb"), description="Sync state, Git cache, local store.")
+    qdrant: str | None = Field(
+        None, description="Qdrant URL (server mode); default: embedded at data_dir/qdrant."
+    )
+    collection: str = "archon-docs"
+    embedding_model: str = "all-MiniLM-L6-v2"
+    embedding_url: str | None = Field(
+        None, description="OpenAI-compatible /v1/embeddings base URL instead of the local model."
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8100, ge=0, le=65535)
+    sync_interval: float = Field(
+        0.0, ge=0.0, description="Seconds between scheduled syncs in `kb serve`; 0 = none."
+    )
+    default_top_k: int = Field(5, ge=1, le=50)
+    max_request_bytes: int = Field(64 * 1024, ge=1024)
+
+    @property
+    def store_location(self) -> str:
+        return self.qdrant or str(self.data_dir / "qdrant")
+
+
+def load_kb_settings(overrides: dict[str, Any] | None = None) -> KnowledgeBaseSettings:
+    try:
+        return KnowledgeBaseSettings(
+            **{k: v for k, v in (overrides or {}).items() if v is not None}
+        )
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        raise ConfigError(
+            f"invalid setting {field} (ARCHON_KB_{field.upper()}): {err['msg']}, "
+            f"got {err.get('input')!r}"
+        ) from None

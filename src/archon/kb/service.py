@@ -1,0 +1,108 @@
+"""The knowledge base as one object: store, state, embedder, syncer; used by CLI and app."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from archon.errors import ConfigError
+from archon.kb.embeddings import Embedder, OpenAIEmbedder, SentenceTransformerEmbedder
+from archon.kb.sources import load_sources
+from archon.kb.store import ChunkStore, Mode
+from archon.kb.sync import State, Syncer, SyncReport, check_embedder
+from archon.settings import KnowledgeBaseSettings
+
+
+def make_embedder(settings: KnowledgeBaseSettings) -> Embedder:
+    if settings.embedding_url:
+        return OpenAIEmbedder(settings.embedding_url, settings.embedding_model)
+    return SentenceTransformerEmbedder(settings.embedding_model)
+
+
+class KnowledgeBase:
+    def __init__(
+        self,
+        settings: KnowledgeBaseSettings,
+        embedder: Embedder | None = None,
+        *,
+        reindex: bool = False,
+    ):
+        self.settings = settings
+        self.embedder = embedder or make_embedder(settings)
+        self.state = State(settings.data_dir / "state.db")
+        if reindex:
+            self._reset()
+        check_embedder(self.state, self.embedder)
+        self.store = ChunkStore(settings.store_location, settings.collection, self.embedder.dim)
+        self.syncer = Syncer(self.store, self.state, self.embedder, settings.data_dir / "repos")
+        self._sync_lock = threading.Lock()
+        self.last_report: SyncReport | None = None
+
+    def _reset(self) -> None:
+        location = self.settings.store_location
+        store = ChunkStore(location, self.settings.collection, 1)
+        store.client.delete_collection(self.settings.collection)
+        store.close()
+        with self.state.db:
+            self.state.db.execute("DELETE FROM files")
+            self.state.db.execute("DELETE FROM meta")
+
+    @property
+    def syncing(self) -> bool:
+        return self._sync_lock.locked()
+
+    def sync(self, sources_file: Path | None = None, progress: Any = None) -> SyncReport:
+        sources = load_sources(sources_file or self.settings.sources)
+        if not self._sync_lock.acquire(blocking=False):
+            raise ConfigError("a sync is already running")
+        try:
+            self.last_report = self.syncer.sync(sources, progress)
+            return self.last_report
+        finally:
+            self._sync_lock.release()
+
+    def query(
+        self,
+        text: str,
+        *,
+        top_k: int,
+        mode: Mode = "hybrid",
+        sources: list[str] | None = None,
+        path_prefix: str | None = None,
+        score_threshold: float | None = None,
+    ) -> list[dict[str, Any]]:
+        dense = self.embedder.embed_query(text) if mode != "bm25" else None
+        hits = self.store.search(
+            dense, text, top_k=top_k, mode=mode, sources=sources, path_prefix=path_prefix
+        )
+        out = []
+        for hit in hits:
+            if score_threshold is not None and hit.score < score_threshold:
+                continue
+            p = hit.payload
+            out.append(
+                {
+                    "id": hit.id,
+                    "score": hit.score,
+                    "text": p.get("text"),
+                    "heading_path": p.get("heading_path", []),
+                    "source": p.get("source"),
+                    "path": p.get("path"),
+                    "start_line": p.get("start_line"),
+                    "end_line": p.get("end_line"),
+                    "url": p.get("url"),
+                    "commit": p.get("commit"),
+                }
+            )
+        return out
+
+    def sources_summary(self) -> list[dict[str, Any]]:
+        return self.state.sources()
+
+    def report_dict(self) -> dict[str, Any] | None:
+        return asdict(self.last_report) if self.last_report else None
+
+    def close(self) -> None:
+        self.store.close()

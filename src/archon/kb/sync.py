@@ -1,0 +1,230 @@
+"""Sync sources into the store: incremental, crash-safe, and never keeping deleted docs.
+
+Per file, in this order, each step committed before the next:
+1. the state row says "pending" with the new content hash (a write-ahead intent: every path that
+   may have points in the store has a row, so deletions can always be found);
+2. the new chunks are upserted under ids stable per (source, path, position): a query sees the
+   old or the new version of each chunk, never a gap;
+3. positions past the new chunk count are deleted (by filter, so leftovers of any interrupted
+   earlier attempt go too);
+4. the row becomes "done".
+Killed at any point, the next run redoes "pending" rows and converges to a clean sync's state.
+Files gone from the tree, or now excluded, are deleted on every sync.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from archon.kb.chunking import chunk_markdown
+from archon.kb.embeddings import Embedder
+from archon.kb.sources import Source, SourceError, checkout
+from archon.kb.store import ChunkStore, chunk_id, path_prefixes
+
+log = logging.getLogger("archon.kb.sync")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+  source TEXT NOT NULL, path TEXT NOT NULL, content_hash TEXT NOT NULL,
+  chunks INTEGER NOT NULL DEFAULT 0, status TEXT NOT NULL, commit_id TEXT, synced_at REAL,
+  PRIMARY KEY (source, path));
+CREATE TABLE IF NOT EXISTS sources (
+  name TEXT PRIMARY KEY, last_success REAL, last_attempt REAL, commit_id TEXT, error TEXT);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class State:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, check_same_thread=False)
+        self.db.executescript(SCHEMA)
+        self.db.commit()
+
+    def meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def files(self, source: str) -> dict[str, tuple[str, int, str]]:
+        rows = self.db.execute(
+            "SELECT path, content_hash, chunks, status FROM files WHERE source=?", (source,)
+        )
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+    def mark(
+        self, source: str, path: str, content_hash: str, chunks: int, status: str, commit: str
+    ) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (source, path, content_hash, chunks, status, commit, time.time()),
+            )
+
+    def forget(self, source: str, path: str) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM files WHERE source=? AND path=?", (source, path))
+
+    def source_result(self, name: str, commit: str | None, error: str | None) -> None:
+        now = time.time()
+        with self.db:
+            self.db.execute(
+                "INSERT INTO sources VALUES (?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "last_attempt=excluded.last_attempt, error=excluded.error, "
+                "commit_id=COALESCE(excluded.commit_id, sources.commit_id), "
+                "last_success=COALESCE(excluded.last_success, sources.last_success)",
+                (name, None if error else now, now, commit, error),
+            )
+
+    def sources(self) -> list[dict]:
+        rows = self.db.execute(
+            "SELECT s.name, s.last_success, s.last_attempt, s.commit_id, s.error, "
+            "COUNT(f.path), COALESCE(SUM(f.chunks), 0) FROM sources s "
+            "LEFT JOIN files f ON f.source = s.name GROUP BY s.name ORDER BY s.name"
+        )
+        keys = ("name", "last_success", "last_attempt", "commit", "error", "files", "chunks")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+@dataclass
+class SourceReport:
+    name: str
+    commit: str | None = None
+    added: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    chunks_written: int = 0
+    error: str | None = None
+
+
+@dataclass
+class SyncReport:
+    sources: list[SourceReport] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(s.error is None for s in self.sources)
+
+
+Progress = Callable[[str, int, int], None]  # (source, files done, files total)
+
+
+class Syncer:
+    def __init__(self, store: ChunkStore, state: State, embedder: Embedder, cache: Path):
+        self.store = store
+        self.state = state
+        self.embedder = embedder
+        self.cache = cache
+
+    def sync(self, sources: list[Source], progress: Progress | None = None) -> SyncReport:
+        began = time.monotonic()
+        report = SyncReport()
+        for source in sources:
+            report.sources.append(self._sync_source(source, progress))
+        # Sources removed from the sources file lose their chunks too.
+        names = {s.name for s in sources}
+        for row in self.state.sources():
+            if row["name"] not in names:
+                self.store.delete_source(row["name"])
+                for path in self.state.files(row["name"]):
+                    self.state.forget(row["name"], path)
+                with self.state.db:
+                    self.state.db.execute("DELETE FROM sources WHERE name=?", (row["name"],))
+        report.seconds = time.monotonic() - began
+        return report
+
+    def _sync_source(self, source: Source, progress: Progress | None) -> SourceReport:
+        result = SourceReport(source.name)
+        try:
+            tree = checkout(source, self.cache)
+        except SourceError as exc:
+            result.error = str(exc)
+            log.error("source %s skipped: %s", source.name, exc)
+            self.state.source_result(source.name, None, result.error)
+            return result
+        result.commit = tree.commit
+        known = self.state.files(source.name)
+        for done, path in enumerate(tree.files):
+            data = (tree.root / path).read_bytes()
+            content_hash = hashlib.sha256(data).hexdigest()
+            previous = known.get(path)
+            if previous and previous[0] == content_hash and previous[2] == "done":
+                result.unchanged += 1
+            else:
+                if previous is None:
+                    result.added += 1
+                else:
+                    result.changed += 1
+                result.chunks_written += self._write_file(
+                    source, tree.commit, path, data.decode("utf-8", "replace"), content_hash
+                )
+            if progress:
+                progress(source.name, done + 1, len(tree.files))
+        for path in set(known) - set(tree.files):
+            self.store.delete_from(source.name, path)
+            self.state.forget(source.name, path)
+            result.deleted += 1
+        self.state.source_result(source.name, tree.commit, None)
+        return result
+
+    def _write_file(
+        self, source: Source, commit: str, path: str, text: str, content_hash: str
+    ) -> int:
+        self.state.mark(source.name, path, content_hash, 0, "pending", commit)
+        chunks = chunk_markdown(text, count=self.embedder.count_tokens)
+        if chunks:
+            embed_texts = [
+                " > ".join(c.heading_path) + "\n\n" + c.text if c.heading_path else c.text
+                for c in chunks
+            ]
+            vectors = self.embedder.embed_documents(embed_texts)
+            payloads = [
+                {
+                    "source": source.name,
+                    "path": path,
+                    "prefixes": path_prefixes(path),
+                    "position": i,
+                    "commit": commit,
+                    "heading_path": c.heading_path,
+                    "start_line": c.start_line,
+                    "end_line": c.end_line,
+                    "text": c.text,
+                    "url": source.browse_url(path, commit, c.start_line),
+                    "content_hash": content_hash,
+                }
+                for i, c in enumerate(chunks)
+            ]
+            ids = [chunk_id(source.name, path, i) for i in range(len(chunks))]
+            self.store.upsert(ids, vectors, embed_texts, payloads)
+        self.store.delete_from(source.name, path, len(chunks))
+        self.state.mark(source.name, path, content_hash, len(chunks), "done", commit)
+        return len(chunks)
+
+
+def check_embedder(state: State, embedder: Embedder) -> None:
+    """A store built with one embedding model cannot be searched with another."""
+    from archon.errors import ConfigError
+
+    recorded = state.meta("embedding_model")
+    if recorded is None:
+        state.set_meta("embedding_model", embedder.name)
+        state.set_meta("embedding_dim", str(embedder.dim))
+        return
+    if recorded != embedder.name or state.meta("embedding_dim") != str(embedder.dim):
+        raise ConfigError(
+            f"embedding_model: the store was built with {recorded} "
+            f"(dim {state.meta('embedding_dim')}) but {embedder.name} (dim {embedder.dim}) is "
+            "configured; re-index with `archon kb sync --reindex` (rebuilds every chunk) or set "
+            f"embedding_model back to {recorded}"
+        )

@@ -1,0 +1,381 @@
+"""The knowledge base on the real corpora (../shared/corpora), turned into local Git repos:
+chunking, incremental sync, pruning, crash safety, and the query service."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from archon.kb.chunking import FENCE, chunk_markdown, split_blocks
+from archon.kb.embeddings import SentenceTransformerEmbedder
+from archon.kb.service import KnowledgeBase
+from archon.settings import KnowledgeBaseSettings
+from tests.support.servers import ARCHON, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+CORPORA = ROOT.parent / "shared" / "corpora"
+pytestmark = pytest.mark.skipif(not CORPORA.is_dir(), reason="../shared/corpora is missing")
+
+# A slice of the Prometheus docs keeps each full sync to seconds.
+SUBSET = ["docs/querying", "docs/configuration/https.md", "docs/storage.md", "docs/federation.md"]
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.email=t@example.com", "-c", "user.name=test", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+def make_repo(tmp: Path, corpus: str = "prometheus", subset: list[str] | None = SUBSET) -> Path:
+    repo = tmp / f"{corpus}-repo"
+    source = CORPORA / corpus
+    for item in subset or ["docs"]:
+        src = source / item
+        if src.is_dir():
+            shutil.copytree(src, repo / item)
+        else:
+            (repo / item).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, repo / item)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "import docs")
+    return repo
+
+
+def sources_file(tmp: Path, repo: Path, **extra: object) -> Path:
+    entry = {
+        "name": "prometheus",
+        "git": str(repo),
+        "branch": "main",
+        "url_template": "https://github.com/prometheus/prometheus/blob/{commit}/{path}#L{line}",
+        **extra,
+    }
+    path = tmp / "sources.yaml"
+    path.write_text(json.dumps({"sources": [entry]}))  # JSON is YAML
+    return path
+
+
+@pytest.fixture(scope="module")
+def embedder() -> SentenceTransformerEmbedder:
+    return SentenceTransformerEmbedder()
+
+
+def kb_for(tmp: Path, embedder, sources: Path) -> KnowledgeBase:
+    return KnowledgeBase(KnowledgeBaseSettings(sources=sources, data_dir=tmp / "data"), embedder)
+
+
+def snapshot(kb: KnowledgeBase) -> dict[str, tuple]:
+    return {
+        pid: (p["source"], p["path"], p["position"], p["content_hash"], p["text"])
+        for pid, p in kb.store.all_points()
+    }
+
+
+# ---- chunking ----
+
+
+@pytest.mark.parametrize("corpus", ["tekton-pipeline", "prometheus", "argo-cd"])
+def test_chunking_the_real_corpora(corpus: str) -> None:
+    files = sorted((CORPORA / corpus).rglob("*.md"))
+    assert files
+    total = 0
+    for path in files:
+        text = path.read_text(errors="replace")
+        chunks = chunk_markdown(text)
+        total += len(chunks)
+        fences = [
+            (b.start_line, b.end_line) for b in split_blocks(text) if FENCE.match(b.text.lstrip())
+        ]
+        for chunk in chunks:
+            # A chunk boundary never falls inside a code fence.
+            for start, end in fences:
+                assert not (start < chunk.start_line <= end), (path, chunk.start_line)
+                assert not (start <= chunk.end_line < end), (path, chunk.end_line)
+            if chunk.tokens > 800:  # only a single fence or table may exceed the maximum
+                assert len(split_blocks(chunk.text)) == 1, (path, chunk.start_line)
+        headed = [c for c in chunks if c.heading_path]
+        if any(line.startswith("#") for line in text.splitlines()):
+            assert headed, path
+    assert total > len(files)
+
+
+def test_heading_paths_nest() -> None:
+    text = (CORPORA / "prometheus/docs/querying/basics.md").read_text()
+    chunks = chunk_markdown(text, min_tokens=0)
+    paths = [" > ".join(c.heading_path) for c in chunks]
+    assert "Querying basics > Time series selectors > Range Vector Selectors" in paths
+    assert all(p.startswith("Querying basics") for p in paths)
+
+
+def test_windows_cover_a_long_chunk(embedder) -> None:
+    text = " ".join(f"word{i}" for i in range(1200))
+    windows = embedder.windows(text)
+    assert len(windows) > 1
+    assert windows[0].startswith("word0") and windows[-1].endswith("word1199")
+    assert all(embedder.count_tokens(w) <= embedder.window - 2 for w in windows)
+
+
+# ---- sync ----
+
+
+def test_incremental_sync_edit_rename_delete(tmp_path: Path, embedder) -> None:
+    repo = make_repo(tmp_path)
+    sources = sources_file(tmp_path, repo)
+    kb = kb_for(tmp_path, embedder, sources)
+    try:
+        first = kb.sync().sources[0]
+        assert first.error is None and first.added > 5 and first.chunks_written > first.added
+        before = snapshot(kb)
+        assert len(before) == first.chunks_written
+        assert kb.sync().sources[0].chunks_written == 0  # nothing changed, nothing written
+
+        # Edit one file: only its chunks change.
+        edited = repo / "docs/federation.md"
+        edited.write_text(
+            edited.read_text() + "\n\n## Archon test section\n\nFederation of "
+            "Archon test clusters is described here for the sync test.\n"
+        )
+        git(repo, "commit", "-qam", "edit")
+        report = kb.sync().sources[0]
+        assert (report.changed, report.added, report.deleted) == (1, 0, 0)
+        after = snapshot(kb)
+        changed = {pid for pid in set(before) | set(after) if before.get(pid) != after.get(pid)}
+        assert {after.get(pid, before.get(pid))[1] for pid in changed} == {"docs/federation.md"}
+
+        # Rename: the old path's chunks go, the new path's come; nothing else moves.
+        git(repo, "mv", "docs/storage.md", "docs/local-storage.md")
+        git(repo, "commit", "-qm", "rename")
+        report = kb.sync().sources[0]
+        assert (report.added, report.deleted) == (1, 1)
+        paths = {p[1] for p in snapshot(kb).values()}
+        assert "docs/storage.md" not in paths and "docs/local-storage.md" in paths
+
+        # Delete: no chunk of it stays searchable.
+        git(repo, "rm", "-q", "docs/configuration/https.md")
+        git(repo, "commit", "-qm", "delete")
+        assert kb.sync().sources[0].deleted == 1
+        hits = kb.query("TLS certificate key file for the web server", top_k=20, mode="bm25")
+        assert "docs/configuration/https.md" not in {h["path"] for h in hits}
+        assert len(snapshot(kb)) == sum(r["chunks"] for r in kb.sources_summary())
+    finally:
+        kb.close()
+
+
+def test_exclude_prunes_and_one_bad_source_does_not_stop_the_others(
+    tmp_path: Path, embedder
+) -> None:
+    repo = make_repo(tmp_path)
+    good = {
+        "name": "prometheus",
+        "git": str(repo),
+        "branch": "main",
+        "exclude": ["docs/querying/**"],
+    }
+    bad = {"name": "missing", "git": str(tmp_path / "no-such-repo"), "branch": "main"}
+    sources = tmp_path / "sources.yaml"
+    sources.write_text(json.dumps({"sources": [bad, good]}))
+    kb = kb_for(tmp_path, embedder, sources)
+    try:
+        report = kb.sync()
+        assert not report.ok
+        by_name = {s.name: s for s in report.sources}
+        assert by_name["missing"].error and by_name["prometheus"].error is None
+        paths = {p[1] for p in snapshot(kb).values()}
+        assert paths and not any(p.startswith("docs/querying/") for p in paths)
+    finally:
+        kb.close()
+
+
+def _run_sync(env: dict[str, str], sources: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [*ARCHON, "kb", "sync", "--sources", str(sources), "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_killed_sync_converges_to_a_clean_sync(tmp_path: Path, embedder) -> None:
+    repo = make_repo(tmp_path)
+    sources = sources_file(tmp_path, repo)
+    clean = kb_for(tmp_path / "clean", embedder, sources)
+    try:
+        clean.sync()
+        expected = snapshot(clean)
+    finally:
+        clean.close()
+    env = {**os.environ, "ARCHON_KB_DATA_DIR": str(tmp_path / "killed" / "data")}
+    for delay in (4.0, 7.0, 10.0):  # model load takes ~3 s: these land at different files
+        proc = _run_sync(env, sources)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    final = _run_sync(env, sources)
+    _, err = final.communicate(timeout=600)
+    assert final.returncode == 0, err.decode()[-2000:]
+    kb = kb_for(tmp_path / "killed", embedder, sources)
+    try:
+        assert snapshot(kb) == expected
+    finally:
+        kb.close()
+
+
+def test_a_different_embedding_model_is_refused(tmp_path: Path, embedder) -> None:
+    from archon.errors import ConfigError
+    from archon.kb.sync import State, check_embedder
+
+    state = State(tmp_path / "state.db")
+    check_embedder(state, embedder)
+
+    class Other:
+        name, dim = "bge-small-en", 384
+
+    with pytest.raises(ConfigError, match="re-index with `archon kb sync --reindex`"):
+        check_embedder(state, Other())  # type: ignore[arg-type]
+
+
+# ---- the query service ----
+
+
+@pytest.fixture(scope="module")
+def kb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, dict]]:
+    tmp = tmp_path_factory.mktemp("kbserve")
+    repo = make_repo(tmp)
+    sources = sources_file(tmp, repo)
+    port = free_port()
+    env = {**os.environ, "ARCHON_KB_DATA_DIR": str(tmp / "data")}
+    log = (tmp / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            *ARCHON,
+            "kb",
+            "serve",
+            "--sources",
+            str(sources),
+            "--port",
+            str(port),
+            "--sync-interval",
+            "3600",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                ready = httpx.get(f"{url}/ready", timeout=2)
+                sources_now = httpx.get(f"{url}/sources", timeout=2)
+                if (
+                    ready.status_code == 200
+                    and not ready.json()["syncing"]
+                    and (sources_now.status_code == 200 and sources_now.json()["sources"])
+                ):
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, (tmp / "serve.log").read_text()
+            time.sleep(0.5)
+        yield url, sources, env
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def test_query_finds_the_right_doc_with_its_source(kb_server) -> None:
+    url, _, _ = kb_server
+    response = httpx.post(
+        f"{url}/query",
+        json={
+            "query": "range vector selectors: time durations appended in square brackets",
+            "top_k": 5,
+        },
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    chunks = response.json()["chunks"]
+    paths = [c["path"] for c in chunks]
+    assert "docs/querying/basics.md" in paths[:3], paths
+    top = chunks[paths.index("docs/querying/basics.md")]
+    assert top["heading_path"][0] == "Querying basics"
+    assert top["url"].startswith("https://github.com/prometheus/prometheus/blob/")
+    assert f"#L{top['start_line']}" in top["url"]
+
+
+def test_query_filters_modes_and_threshold(kb_server) -> None:
+    url, _, _ = kb_server
+    body = {
+        "query": "remote storage integrations",
+        "top_k": 5,
+        "filters": {"path_prefix": "docs/querying"},
+    }
+    for mode in ("hybrid", "dense", "bm25"):
+        chunks = httpx.post(f"{url}/query", json={**body, "mode": mode}, timeout=30).json()[
+            "chunks"
+        ]
+        assert chunks and all(c["path"].startswith("docs/querying/") for c in chunks), mode
+    empty = httpx.post(f"{url}/query", json={**body, "score_threshold": 99}, timeout=30).json()
+    assert empty["chunks"] == [] and "score_threshold" in empty["message"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"query": ""},
+        {"query": "x", "top_k": 0},
+        {"query": "x", "top_k": 500},
+        {"query": "x", "filters": {"repo": "a"}},
+        {"query": "x", "mode": "magic"},
+        {"q": "x"},
+    ],
+)
+def test_bad_queries_are_400(kb_server, body) -> None:
+    url, _, _ = kb_server
+    response = httpx.post(f"{url}/query", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["message"]
+
+
+def test_the_service_owns_the_store(kb_server) -> None:
+    url, sources, env = kb_server
+    # A second process cannot open the embedded store; it is told how to sync instead...
+    direct = subprocess.run(
+        [*ARCHON, "kb", "sync", "--sources", str(sources)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert direct.returncode == 10, direct.stderr[-1000:]
+    assert "--server" in direct.stderr
+    # ...and through the service the sync runs.
+    triggered = subprocess.run(
+        [*ARCHON, "kb", "sync", "--server", url], capture_output=True, text=True, timeout=60
+    )
+    assert triggered.returncode == 0
+    deadline = time.monotonic() + 120
+    while httpx.get(f"{url}/sync").json()["running"] and time.monotonic() < deadline:
+        time.sleep(0.3)
+    last = httpx.get(f"{url}/sync").json()["last"]
+    assert last["sources"][0]["unchanged"] > 0
+    metrics = httpx.get(f"{url}/metrics").text
+    assert 'archon_kb_chunks{source="prometheus"}' in metrics
+    assert "archon_kb_last_successful_sync_timestamp_seconds" in metrics
+    assert "archon_kb_query_seconds_bucket" in metrics
