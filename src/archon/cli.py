@@ -468,6 +468,39 @@ def _sync_with_progress(kb: Any, sources: Path, *, quiet: bool) -> Any:
         return kb.sync(sources, progress)
 
 
+@kb_app.command("eval")
+def kb_eval(
+    queries: Annotated[Path, typer.Argument(help="JSON lines: {query, relevant: [source:path]}.")],
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """nDCG@10 and recall@10 of dense, BM25 and hybrid search on a judged query set."""
+    import json
+    from dataclasses import asdict
+
+    from archon.errors import ConfigError
+    from archon.kb.evaluate import evaluate, load_queries
+    from archon.kb.service import KnowledgeBase
+    from archon.settings import load_kb_settings
+
+    _setup_logging("warning")
+    try:
+        judged = load_queries(queries)
+        kb = KnowledgeBase(load_kb_settings())
+    except ConfigError as exc:
+        _fail(str(exc), exc.exit_code)
+        return
+    try:
+        scores = evaluate(kb, judged)
+    finally:
+        kb.close()
+    if json_output:
+        typer.echo(json.dumps([asdict(s) for s in scores], indent=2))
+        return
+    typer.echo(f"{len(judged)} queries")
+    for s in scores:
+        typer.echo(f"{s.mode:<7} nDCG@10 {s.ndcg_at_10:.3f}  recall@10 {s.recall_at_10:.3f}")
+
+
 @kb_app.command("serve")
 def kb_serve(
     sources: Annotated[Path | None, typer.Option(help="Sources file (YAML).")] = None,

@@ -36,7 +36,14 @@ class KnowledgeBase:
             self._reset()
         check_embedder(self.state, self.embedder)
         self.store = ChunkStore(settings.store_location, settings.collection, self.embedder.dim)
-        self.syncer = Syncer(self.store, self.state, self.embedder, settings.data_dir / "repos")
+        self.syncer = Syncer(
+            self.store,
+            self.state,
+            self.embedder,
+            settings.data_dir / "repos",
+            max_tokens=settings.chunk_max_tokens,
+            min_tokens=settings.chunk_min_tokens,
+        )
         self._sync_lock = threading.Lock()
         self.last_report: SyncReport | None = None
 

@@ -121,7 +121,18 @@ Progress = Callable[[str, int, int], None]  # (source, files done, files total)
 
 
 class Syncer:
-    def __init__(self, store: ChunkStore, state: State, embedder: Embedder, cache: Path):
+    def __init__(
+        self,
+        store: ChunkStore,
+        state: State,
+        embedder: Embedder,
+        cache: Path,
+        *,
+        max_tokens: int = 800,
+        min_tokens: int = 400,
+    ):
+        self.max_tokens = max_tokens
+        self.min_tokens = min_tokens
         self.store = store
         self.state = state
         self.embedder = embedder
@@ -182,7 +193,12 @@ class Syncer:
         self, source: Source, commit: str, path: str, text: str, content_hash: str
     ) -> int:
         self.state.mark(source.name, path, content_hash, 0, "pending", commit)
-        chunks = chunk_markdown(text, count=self.embedder.count_tokens)
+        chunks = chunk_markdown(
+            text,
+            max_tokens=self.max_tokens,
+            min_tokens=self.min_tokens,
+            count=self.embedder.count_tokens,
+        )
         if chunks:
             embed_texts = [
                 " > ".join(c.heading_path) + "\n\n" + c.text if c.heading_path else c.text
