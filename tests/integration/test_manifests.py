@@ -320,9 +320,7 @@ def test_the_task_creates_the_same_application_as_the_manifest() -> None:
     rendered = re.sub(r"\$\(params\.([a-z-]+)\)", lambda m: str(defaults[m[1]]), body)
     application = yaml.safe_load(rendered)
     validate(application)
-    standalone = yaml.safe_load(
-        (ROOT / "manifests/argocd/model-server-application.yaml").read_text()
-    )
+    standalone = find(kustomize(ROOT / "manifests/argocd"), "Application", "archon-model-server")
     assert application["spec"] == standalone["spec"]
     policy = application["spec"]["syncPolicy"]
     assert policy["automated"] == {"prune": True, "selfHeal": True}
@@ -368,3 +366,53 @@ def test_checkov_passes_on_rendered_manifests_and_dockerfile(tmp_path: Path) -> 
     assert passed > 50
     skipped = [c for r in reports for c in r.get("results", {}).get("skipped_checks", [])]
     assert all(c.get("check_result", {}).get("suppress_comment") for c in skipped)
+
+
+def test_knowledge_base_bundle_agrees_with_the_code() -> None:
+    from archon.kb.sources import load_sources
+    from archon.settings import KnowledgeBaseSettings
+
+    docs = kustomize(ROOT / "manifests/knowledge-base")
+    deployment = find(docs, "Deployment", "archon-knowledge-base")
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"  # one process per local store
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    config = next(
+        d
+        for d in docs
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("kb-config")
+    )
+    env = {f"ARCHON_KB_{k}": v for k, v in config["data"].items()}
+    env.update({e["name"]: e["value"] for e in container["env"] if "value" in e})
+    settings = KnowledgeBaseSettings(
+        **{
+            k.removeprefix("ARCHON_KB_").lower(): v
+            for k, v in env.items()
+            if k.startswith("ARCHON_KB_")
+        }
+    )
+    assert settings.sync_interval == 3600
+    sources_cm = next(
+        d
+        for d in docs
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("kb-sources")
+    )
+    tmp = Path(settings.sources)
+    assert tmp.name == "sources.yaml"
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "sources.yaml"
+        path.write_text(sources_cm["data"]["sources.yaml"])
+        assert [s.name for s in load_sources(path)] == ["archon"]
+    cron = find(docs, "CronJob", "kb-sync")
+    args = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    service = find(docs, "Service", "archon-knowledge-base")
+    assert args[-1] == f"http://archon-knowledge-base:{service['spec']['ports'][0]['port']}"
+    server_mode = kustomize(ROOT / "manifests/overlays/kb-qdrant")
+    config = next(
+        d
+        for d in server_mode
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("kb-config")
+    )
+    assert config["data"]["qdrant"] == "http://qdrant:6333"
+    find(server_mode, "StatefulSet", "qdrant")
