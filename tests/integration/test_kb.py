@@ -379,3 +379,24 @@ def test_the_service_owns_the_store(kb_server) -> None:
     assert 'archon_kb_chunks{source="prometheus"}' in metrics
     assert "archon_kb_last_successful_sync_timestamp_seconds" in metrics
     assert "archon_kb_query_seconds_bucket" in metrics
+
+
+def test_reindex_rebuilds_from_scratch(tmp_path: Path, embedder) -> None:
+    repo = make_repo(tmp_path, subset=["docs/federation.md", "docs/storage.md"])
+    sources = sources_file(tmp_path, repo)
+    kb = kb_for(tmp_path, embedder, sources)
+    try:
+        kb.sync()
+        before = snapshot(kb)
+    finally:
+        kb.close()
+    rebuilt = KnowledgeBase(
+        KnowledgeBaseSettings(sources=sources, data_dir=tmp_path / "data"), embedder, reindex=True
+    )
+    try:
+        assert snapshot(rebuilt) == {}
+        report = rebuilt.sync().sources[0]
+        assert report.added == 2  # every file is new again
+        assert snapshot(rebuilt) == before
+    finally:
+        rebuilt.close()
