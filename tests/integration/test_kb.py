@@ -400,3 +400,31 @@ def test_reindex_rebuilds_from_scratch(tmp_path: Path, embedder) -> None:
         assert snapshot(rebuilt) == before
     finally:
         rebuilt.close()
+
+
+def test_memory_index_ranks_like_qdrant(tmp_path: Path, embedder) -> None:
+    """The in-memory index (used for embedded stores) agrees with Qdrant's own search."""
+    from archon.kb.index import MemoryIndex
+
+    repo = make_repo(tmp_path)
+    kb = kb_for(tmp_path, embedder, sources_file(tmp_path, repo))
+    try:
+        kb.sync()
+        index = MemoryIndex(kb.store)
+        assert len(index) == kb.store.count()
+        for text in (
+            "rate of a counter over five minutes",
+            "federation of Prometheus servers",
+            "TSDB retention and compaction on local storage",
+        ):
+            dense = embedder.embed_query(text)
+            for mode in ("dense", "bm25"):
+                ours = index.search(dense, text, top_k=5, mode=mode)
+                theirs = kb.store.search(dense, text, top_k=5, mode=mode)
+                assert [h.id for h in ours] == [h.id for h in theirs], (text, mode)
+                for a, b in zip(ours, theirs, strict=True):
+                    assert a.score == pytest.approx(b.score, rel=1e-3)
+            filtered = index.search(dense, text, top_k=5, path_prefix="docs/querying")
+            assert all(h.payload["path"].startswith("docs/querying/") for h in filtered)
+    finally:
+        kb.close()

@@ -111,7 +111,9 @@ def create_app(
 
     def load_and_schedule() -> None:
         try:
-            holder["kb"] = factory(settings)
+            kb = factory(settings)
+            kb.warm()
+            holder["kb"] = kb
         except ConfigError as exc:
             holder["error"] = str(exc)
             log.error("%s", exc)

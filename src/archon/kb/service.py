@@ -9,6 +9,7 @@ from typing import Any
 
 from archon.errors import ConfigError
 from archon.kb.embeddings import Embedder, OpenAIEmbedder, SentenceTransformerEmbedder
+from archon.kb.index import MemoryIndex
 from archon.kb.sources import load_sources
 from archon.kb.store import ChunkStore, Mode
 from archon.kb.sync import State, Syncer, SyncReport, check_embedder
@@ -45,6 +46,8 @@ class KnowledgeBase:
             min_tokens=settings.chunk_min_tokens,
         )
         self._sync_lock = threading.Lock()
+        self._index_lock = threading.Lock()
+        self._index: MemoryIndex | None = None
         self.last_report: SyncReport | None = None
 
     def _reset(self) -> None:
@@ -66,6 +69,9 @@ class KnowledgeBase:
             raise ConfigError("a sync is already running")
         try:
             self.last_report = self.syncer.sync(sources, progress)
+            if self._index is not None:
+                # Swap in a fresh index; queries keep the old one until it is ready.
+                self._index = MemoryIndex(self.store)
             return self.last_report
         finally:
             self._sync_lock.release()
@@ -81,7 +87,8 @@ class KnowledgeBase:
         score_threshold: float | None = None,
     ) -> list[dict[str, Any]]:
         dense = self.embedder.embed_query(text) if mode != "bm25" else None
-        hits = self.store.search(
+        searcher = self.store if self.settings.qdrant else self.index()
+        hits = searcher.search(
             dense, text, top_k=top_k, mode=mode, sources=sources, path_prefix=path_prefix
         )
         out = []
@@ -104,6 +111,19 @@ class KnowledgeBase:
                 }
             )
         return out
+
+    def warm(self) -> None:
+        """Build what the first query would otherwise wait for."""
+        if not self.settings.qdrant:
+            self.index()
+
+    def index(self) -> MemoryIndex:
+        """The in-memory index of an embedded store, built on first use and after syncs."""
+        if self._index is None:
+            with self._index_lock:
+                if self._index is None:
+                    self._index = MemoryIndex(self.store)
+        return self._index
 
     def sources_summary(self) -> list[dict[str, Any]]:
         return self.state.sources()

@@ -1,0 +1,127 @@
+"""An in-memory search index over the embedded store, for query latency.
+
+Embedded Qdrant scores sparse (BM25) vectors in Python: ~0.7 s per query at 25k chunks on two
+cores. This index holds the same vectors as a dense matrix and a CSR term matrix and scores a
+query with two matrix products (a few ms), with the same BM25 formula Qdrant uses (its IDF:
+ln((N - n + 0.5) / (n + 0.5) + 1)) and reciprocal-rank fusion. It is rebuilt from the store after
+each sync, never per query; a Qdrant server (`qdrant` setting) is queried directly instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy import sparse as sp
+
+from archon.kb import bm25
+from archon.kb.store import DENSE, SPARSE, ChunkStore, Hit, Mode
+
+RRF_K = 60
+
+
+class MemoryIndex:
+    def __init__(self, store: ChunkStore):
+        ids: list[str] = []
+        payloads: list[dict[str, Any]] = []
+        dense: list[list[float]] = []
+        rows: list[int] = []
+        cols: list[int] = []
+        values: list[float] = []
+        columns: dict[int, int] = {}
+        offset = None
+        while True:
+            points, offset = store.client.scroll(
+                store.collection, limit=2048, offset=offset, with_payload=True, with_vectors=True
+            )
+            for point in points:
+                row = len(ids)
+                ids.append(str(point.id))
+                payloads.append(point.payload or {})
+                vectors = point.vector if isinstance(point.vector, dict) else {}
+                dense.append(vectors[DENSE])
+                term_vector = vectors.get(SPARSE)
+                if term_vector is not None:
+                    for index, value in zip(term_vector.indices, term_vector.values, strict=True):
+                        cols.append(columns.setdefault(index, len(columns)))
+                        rows.append(row)
+                        values.append(value)
+            if offset is None:
+                break
+        self.ids = ids
+        self.payloads = payloads
+        self.dense = np.array(dense, dtype=np.float32).reshape(len(ids), store.dim)
+        self.terms = sp.csr_matrix(
+            (np.array(values, dtype=np.float32), (rows, cols)),
+            shape=(len(ids), max(len(columns), 1)),
+        ).tocsc()
+        self.columns = columns
+        document_frequency = np.diff(self.terms.indptr)
+        n = len(ids)
+        self.idf = np.log((n - document_frequency + 0.5) / (document_frequency + 0.5) + 1.0)
+        self.sources = np.array([p.get("source", "") for p in payloads])
+        self.prefixes = [set(p.get("prefixes", [])) for p in payloads]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _mask(self, sources: list[str] | None, path_prefix: str | None) -> np.ndarray | None:
+        mask = None
+        if sources:
+            mask = np.isin(self.sources, sources)
+        if path_prefix:
+            wanted = path_prefix.rstrip("/")
+            by_prefix = np.fromiter((wanted in p for p in self.prefixes), bool, len(self.ids))
+            mask = by_prefix if mask is None else mask & by_prefix
+        return mask
+
+    def _bm25_scores(self, text: str) -> np.ndarray | None:
+        indices, _ = bm25.query_vector(text)
+        cols = [self.columns[i] for i in indices if i in self.columns]
+        if not cols:
+            return None
+        return np.asarray(self.terms[:, cols] @ self.idf[cols]).ravel()
+
+    @staticmethod
+    def _top(scores: np.ndarray, mask: np.ndarray | None, k: int) -> np.ndarray:
+        if mask is not None:
+            scores = np.where(mask, scores, -np.inf)
+        k = min(k, len(scores))
+        top = np.argpartition(-scores, k - 1)[:k] if k else np.array([], dtype=int)
+        top = top[np.argsort(-scores[top])]
+        return top[np.isfinite(scores[top])]
+
+    def search(
+        self,
+        dense: np.ndarray | None,
+        text: str,
+        *,
+        top_k: int,
+        mode: Mode = "hybrid",
+        sources: list[str] | None = None,
+        path_prefix: str | None = None,
+    ) -> list[Hit]:
+        if not self.ids:
+            return []
+        mask = self._mask(sources, path_prefix)
+        if mode == "dense":
+            scores = self.dense @ dense
+            top = self._top(scores, mask, top_k)
+            return [Hit(self.ids[i], float(scores[i]), self.payloads[i]) for i in top]
+        lexical = self._bm25_scores(text)
+        if mode == "bm25":
+            if lexical is None:
+                return []
+            top = self._top(lexical, mask, top_k)
+            return [
+                Hit(self.ids[i], float(lexical[i]), self.payloads[i]) for i in top if lexical[i] > 0
+            ]
+        fused: dict[int, float] = {}
+        candidates = [self._top(self.dense @ dense, mask, top_k * 4)]
+        if lexical is not None:
+            candidates.append([i for i in self._top(lexical, mask, top_k * 4) if lexical[i] > 0])
+        for ranking in candidates:
+            for rank, i in enumerate(ranking):
+                fused[int(i)] = fused.get(int(i), 0.0) + 1.0 / (RRF_K + rank + 1)
+        best = sorted(fused.items(), key=lambda item: -item[1])[:top_k]
+        return [Hit(self.ids[i], score, self.payloads[i]) for i, score in best]
