@@ -326,11 +326,14 @@ def test_query_filters_modes_and_threshold(kb_server) -> None:
         "top_k": 5,
         "filters": {"path_prefix": "docs/querying"},
     }
-    for mode in ("hybrid", "dense", "bm25"):
-        chunks = httpx.post(f"{url}/query", json={**body, "mode": mode}, timeout=30).json()[
-            "chunks"
-        ]
-        assert chunks and all(c["path"].startswith("docs/querying/") for c in chunks), mode
+    for extra in (
+        {"mode": "hybrid"},
+        {"mode": "dense"},
+        {"mode": "bm25"},
+        {"fusion": "weighted", "dense_weight": 0.7},
+    ):
+        chunks = httpx.post(f"{url}/query", json={**body, **extra}, timeout=30).json()["chunks"]
+        assert chunks and all(c["path"].startswith("docs/querying/") for c in chunks), extra
     empty = httpx.post(f"{url}/query", json={**body, "score_threshold": 99}, timeout=30).json()
     assert empty["chunks"] == [] and "score_threshold" in empty["message"]
 
@@ -418,9 +421,14 @@ def test_memory_index_ranks_like_qdrant(tmp_path: Path, embedder) -> None:
             "TSDB retention and compaction on local storage",
         ):
             dense = embedder.embed_query(text)
-            for mode in ("dense", "bm25"):
-                ours = index.search(dense, text, top_k=5, mode=mode)
-                theirs = kb.store.search(dense, text, top_k=5, mode=mode)
+            for mode, fusion in (
+                ("dense", "rrf"),
+                ("bm25", "rrf"),
+                ("hybrid", "rrf"),
+                ("hybrid", "weighted"),
+            ):
+                ours = index.search(dense, text, top_k=5, mode=mode, fusion=fusion)
+                theirs = kb.store.search(dense, text, top_k=5, mode=mode, fusion=fusion)
                 assert [h.id for h in ours] == [h.id for h in theirs], (text, mode)
                 for a, b in zip(ours, theirs, strict=True):
                     assert a.score == pytest.approx(b.score, rel=1e-3)

@@ -123,3 +123,21 @@ def test_real_vllm_exports_the_metric_names_archon_uses(vllm_server: Server) -> 
         "vllm:prefix_cache_hits_total",
     ):
         assert name in names, f"{name} not exported by vLLM: {sorted(names)}"
+
+
+def test_knowledge_base_embeds_through_vllm(vllm_server: Server) -> None:
+    """The knowledge base's OpenAI-compatible embedder, against vLLM serving MiniLM: the same
+    vectors as the local sentence-transformers embedder (window splitting included)."""
+    import numpy as np
+
+    from archon.kb.embeddings import OpenAIEmbedder, SentenceTransformerEmbedder
+
+    remote = OpenAIEmbedder(f"{vllm_server.url}", "minilm")
+    local = SentenceTransformerEmbedder()
+    assert remote.dim == local.dim == 384
+    ours = remote.embed_documents(TEXTS)
+    theirs = local.embed_documents(TEXTS)
+    for a, b in zip(ours, theirs, strict=True):
+        assert float(np.dot(a, b)) > 0.99
+    query = remote.embed_query("a small cat")
+    assert float(np.dot(query, ours[0])) > float(np.dot(query, ours[2]))

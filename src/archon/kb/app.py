@@ -7,6 +7,7 @@ The service owns the store: scheduled syncs and `POST /sync` run inside it, so a
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 import time
@@ -49,6 +50,8 @@ class QueryRequest(BaseModel):
     top_k: int | None = Field(None, ge=1, le=50)
     filters: Filters = Field(default_factory=Filters)
     mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
+    fusion: Literal["rrf", "weighted"] = "rrf"
+    dense_weight: float = Field(0.5, ge=0.0, le=1.0)
     score_threshold: float | None = None
 
 
@@ -96,6 +99,7 @@ def create_app(
     def run_sync() -> None:
         kb: KnowledgeBase = holder["kb"]
         report = kb.sync()
+        gc.freeze()  # the rebuilt index too (see load_and_schedule)
         for source in report.sources:
             if source.error:
                 sync_errors.labels(source.name).inc()
@@ -113,6 +117,9 @@ def create_app(
         try:
             kb = factory(settings)
             kb.warm()
+            # The index holds tens of thousands of long-lived objects: keep the garbage
+            # collector from rescanning them on every full collection (query latency spikes).
+            gc.freeze()
             holder["kb"] = kb
         except ConfigError as exc:
             holder["error"] = str(exc)
@@ -174,6 +181,8 @@ def create_app(
             sources=[source] if isinstance(source, str) else source,
             path_prefix=body.filters.path_prefix,
             score_threshold=body.score_threshold,
+            fusion=body.fusion,
+            dense_weight=body.dense_weight,
         )
         elapsed = time.perf_counter() - began
         query_seconds.labels(body.mode).observe(elapsed)

@@ -8,6 +8,8 @@ long chunk counts as much as its head instead of being silently cut off.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
@@ -36,33 +38,78 @@ def _normalise(vectors: np.ndarray) -> np.ndarray:
 
 
 class SentenceTransformerEmbedder:
+    """A sentence-transformers model on the CPU, loaded on first use: a sync with nothing to
+    embed never pays for importing torch and loading the weights."""
+
     def __init__(self, model: str = "all-MiniLM-L6-v2", *, batch_size: int = 32):
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()  # no "Loading weights" bars or length warnings in logs
-        hf_logging.disable_progress_bar()
-
         if model in BUNDLED:
             import importlib
 
-            path = str(importlib.import_module(BUNDLED[model]).get_model_path())
+            try:
+                path = str(importlib.import_module(BUNDLED[model]).get_model_path())
+            except ModuleNotFoundError:
+                raise ConfigError(
+                    f"embedding_model {model!r}: its package {BUNDLED[model]} is not installed"
+                ) from None
         else:
             path = model
-        try:
-            self._model = SentenceTransformer(path, device="cpu")
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"embedding_model {model!r}: cannot load it ({exc}); use all-MiniLM-L6-v2 or a "
-                "local sentence-transformers directory"
-            ) from None
         self.name = model
-        dimension = getattr(self._model, "get_embedding_dimension", None)
-        dimension = dimension or self._model.get_sentence_embedding_dimension
-        self.dim = int(dimension())
-        self.window = int(self._model.max_seq_length)
-        self._tokenizer: Any = self._model.tokenizer
+        self._path = path
         self._batch_size = batch_size
+        self._loaded: Any = None
+        meta = self._read_meta(Path(path))
+        if meta is None:
+            self._load()
+        else:
+            self.dim, self.window = meta
+
+    @staticmethod
+    def _read_meta(path: Path) -> tuple[int, int] | None:
+        """Dimension and window from the model's files, when it is a plain encoder + pooling."""
+        try:
+            modules = json.loads((path / "modules.json").read_text())
+            kinds = [m["type"].rsplit(".", 1)[-1] for m in modules]
+            # A Dense layer would change the dimension: only then does the model have to load.
+            if kinds[:2] != ["Transformer", "Pooling"] or set(kinds) - {
+                "Transformer",
+                "Pooling",
+                "Normalize",
+            }:
+                return None
+            pooling = json.loads((path / modules[1]["path"] / "config.json").read_text())
+            window = json.loads((path / "sentence_bert_config.json").read_text())["max_seq_length"]
+            return int(pooling["word_embedding_dimension"]), int(window)
+        except (OSError, ValueError, KeyError, IndexError):
+            return None
+
+    def _load(self) -> Any:
+        if self._loaded is None:
+            from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.set_verbosity_error()  # no "Loading weights" bars or length warnings
+            hf_logging.disable_progress_bar()
+            try:
+                model = SentenceTransformer(self._path, device="cpu")
+            except (OSError, ValueError) as exc:
+                raise ConfigError(
+                    f"embedding_model {self.name!r}: cannot load it ({exc}); use "
+                    "all-MiniLM-L6-v2 or a local sentence-transformers directory"
+                ) from None
+            dimension = getattr(model, "get_embedding_dimension", None)
+            dimension = dimension or model.get_sentence_embedding_dimension
+            self.dim = int(dimension())
+            self.window = int(model.max_seq_length)
+            self._loaded = model
+        return self._loaded
+
+    @property
+    def _model(self) -> Any:
+        return self._load()
+
+    @property
+    def _tokenizer(self) -> Any:
+        return self._load().tokenizer
 
     def count_tokens(self, text: str) -> int:
         return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -15,9 +15,7 @@ import numpy as np
 from scipy import sparse as sp
 
 from archon.kb import bm25
-from archon.kb.store import DENSE, SPARSE, ChunkStore, Hit, Mode
-
-RRF_K = 60
+from archon.kb.store import DENSE, SPARSE, ChunkStore, Fusion, Hit, Mode, fuse
 
 
 class MemoryIndex:
@@ -100,6 +98,8 @@ class MemoryIndex:
         mode: Mode = "hybrid",
         sources: list[str] | None = None,
         path_prefix: str | None = None,
+        fusion: Fusion = "rrf",
+        dense_weight: float = 0.5,
     ) -> list[Hit]:
         if not self.ids:
             return []
@@ -116,12 +116,17 @@ class MemoryIndex:
             return [
                 Hit(self.ids[i], float(lexical[i]), self.payloads[i]) for i in top if lexical[i] > 0
             ]
-        fused: dict[int, float] = {}
-        candidates = [self._top(self.dense @ dense, mask, top_k * 4)]
+        semantic = self.dense @ dense
+        rankings = [[(int(i), float(semantic[i])) for i in self._top(semantic, mask, top_k * 4)]]
         if lexical is not None:
-            candidates.append([i for i in self._top(lexical, mask, top_k * 4) if lexical[i] > 0])
-        for ranking in candidates:
-            for rank, i in enumerate(ranking):
-                fused[int(i)] = fused.get(int(i), 0.0) + 1.0 / (RRF_K + rank + 1)
-        best = sorted(fused.items(), key=lambda item: -item[1])[:top_k]
-        return [Hit(self.ids[i], score, self.payloads[i]) for i, score in best]
+            rankings.append(
+                [
+                    (int(i), float(lexical[i]))
+                    for i in self._top(lexical, mask, top_k * 4)
+                    if lexical[i] > 0
+                ]
+            )
+        return [
+            Hit(self.ids[row], score, self.payloads[row])
+            for row, score in fuse(rankings, fusion, dense_weight)[:top_k]
+        ]

@@ -11,7 +11,7 @@ from archon.errors import ConfigError
 from archon.kb.embeddings import Embedder, OpenAIEmbedder, SentenceTransformerEmbedder
 from archon.kb.index import MemoryIndex
 from archon.kb.sources import load_sources
-from archon.kb.store import ChunkStore, Mode
+from archon.kb.store import ChunkStore, Fusion, Mode
 from archon.kb.sync import State, Syncer, SyncReport, check_embedder
 from archon.settings import KnowledgeBaseSettings
 
@@ -85,11 +85,20 @@ class KnowledgeBase:
         sources: list[str] | None = None,
         path_prefix: str | None = None,
         score_threshold: float | None = None,
+        fusion: Fusion = "rrf",
+        dense_weight: float = 0.5,
     ) -> list[dict[str, Any]]:
         dense = self.embedder.embed_query(text) if mode != "bm25" else None
         searcher = self.store if self.settings.qdrant else self.index()
         hits = searcher.search(
-            dense, text, top_k=top_k, mode=mode, sources=sources, path_prefix=path_prefix
+            dense,
+            text,
+            top_k=top_k,
+            mode=mode,
+            sources=sources,
+            path_prefix=path_prefix,
+            fusion=fusion,
+            dense_weight=dense_weight,
         )
         out = []
         for hit in hits:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import uuid
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from qdrant_client import QdrantClient, models
@@ -21,6 +21,31 @@ DENSE = "dense"
 SPARSE = "bm25"
 ID_NAMESPACE = uuid.UUID("6f1c2b0e-9a4d-4e55-8c3a-2f7b1d0e9c41")
 Mode = Literal["hybrid", "dense", "bm25"]
+Fusion = Literal["rrf", "weighted"]
+K = TypeVar("K", str, int)
+RRF_K = 60
+
+
+def fuse(
+    rankings: list[list[tuple[K, float]]], method: Fusion = "rrf", dense_weight: float = 0.5
+) -> list[tuple[K, float]]:
+    """Combine ranked (id, score) lists, dense first: reciprocal-rank fusion, or a weighted sum
+    of min-max-normalised scores (dense_weight for the first list, the rest for the second)."""
+    fused: dict[K, float] = {}
+    for n, ranking in enumerate(rankings):
+        if method == "rrf":
+            for rank, (point_id, _) in enumerate(ranking):
+                fused[point_id] = fused.get(point_id, 0.0) + 1.0 / (RRF_K + rank + 1)
+            continue
+        if not ranking:
+            continue
+        weight = dense_weight if n == 0 else 1.0 - dense_weight
+        scores = [s for _, s in ranking]
+        low, high = min(scores), max(scores)
+        for point_id, score in ranking:
+            normalised = (score - low) / (high - low) if high > low else 1.0
+            fused[point_id] = fused.get(point_id, 0.0) + weight * normalised
+    return sorted(fused.items(), key=lambda item: -item[1])
 
 
 def chunk_id(source: str, path: str, position: int) -> str:
@@ -168,6 +193,8 @@ class ChunkStore:
         mode: Mode = "hybrid",
         sources: list[str] | None = None,
         path_prefix: str | None = None,
+        fusion: Fusion = "rrf",
+        dense_weight: float = 0.5,
     ) -> list[Hit]:
         must = []
         if sources:
@@ -204,21 +231,26 @@ class ChunkStore:
                 with_payload=True,
             )
         else:
-            prefetch = [
-                models.Prefetch(query=dense.tolist(), using=DENSE, limit=top_k * 4, filter=flt)
+            # Both candidate lists, fused here: the same scores as the in-memory index, and the
+            # weighted fusion Qdrant does not offer.
+            rankings, payloads = [], {}
+            queries = [(dense.tolist(), DENSE)] + ([(sparse, SPARSE)] if indices else [])
+            for query, using in queries:
+                points = self._call(
+                    self.client.query_points,
+                    self.collection,
+                    query=query,
+                    using=using,
+                    limit=top_k * 4,
+                    query_filter=flt,
+                    with_payload=True,
+                ).points
+                rankings.append([(str(p.id), float(p.score)) for p in points])
+                payloads.update({str(p.id): p.payload or {} for p in points})
+            return [
+                Hit(i, score, payloads[i])
+                for i, score in fuse(rankings, fusion, dense_weight)[:top_k]
             ]
-            if indices:
-                prefetch.append(
-                    models.Prefetch(query=sparse, using=SPARSE, limit=top_k * 4, filter=flt)
-                )
-            result = self._call(
-                self.client.query_points,
-                self.collection,
-                prefetch=prefetch,
-                query=models.FusionQuery(fusion=models.Fusion.RRF),
-                limit=top_k,
-                with_payload=True,
-            )
         return [Hit(str(p.id), float(p.score), p.payload or {}) for p in result.points]
 
     def close(self) -> None:
