@@ -139,6 +139,7 @@ def query_latency(kb, queries: list[str], replicate: int, tmp: Path) -> dict:
     import gc
 
     gc.freeze()  # as `kb serve` does once its index is built
+    kb.embedder.set_threads(1)  # as `kb serve` does (serve_threads)
     timed(index.search, 10)  # warm-up, as a running service is
     p50, p95 = timed(index.search, 200)
     qdrant_p50, qdrant_p95 = timed(big.search, 20)  # embedded Qdrant's own query API

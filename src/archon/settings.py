@@ -231,6 +231,13 @@ class KnowledgeBaseSettings(BaseSettings):
         0.0, ge=0.0, description="Seconds between scheduled syncs in `kb serve`; 0 = none."
     )
     default_top_k: int = Field(5, ge=1, le=50)
+    serve_threads: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="CPU threads for embedding in `kb serve` (1 keeps query latency flat; its "
+        "syncs then leave the other cores to queries). `kb sync` uses all cores.",
+    )
     chunk_max_tokens: int = Field(800, ge=64, le=8192)
     chunk_min_tokens: int = Field(400, ge=0, le=8192)
     max_request_bytes: int = Field(64 * 1024, ge=1024)

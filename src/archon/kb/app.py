@@ -116,6 +116,9 @@ def create_app(
     def load_and_schedule() -> None:
         try:
             kb = factory(settings)
+            set_threads = getattr(kb.embedder, "set_threads", None)
+            if set_threads is not None:
+                set_threads(settings.serve_threads)
             kb.warm()
             # The index holds tens of thousands of long-lived objects: keep the garbage
             # collector from rescanning them on every full collection (query latency spikes).
