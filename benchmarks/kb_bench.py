@@ -165,9 +165,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="kb-bench-"))
     sources = make_repos(tmp)
-    began = time.perf_counter()
     embedder = SentenceTransformerEmbedder()
-    load_s = time.perf_counter() - began
     judged = load_queries(QUERIES)
 
     kb, ingest = build(tmp, sources, embedder, "windows")
@@ -203,7 +201,6 @@ def main() -> None:
     if args.write:
         write_markdown(
             args.write,
-            load_s,
             ingest,
             nochange_s,
             onechange_s,
@@ -217,7 +214,6 @@ def main() -> None:
 
 def write_markdown(
     path: Path,
-    load_s,
     ingest,
     nochange_s,
     onechange_s,
@@ -240,14 +236,14 @@ def write_markdown(
 
 Machine: {machine()}. Corpora: the Markdown docs of Tekton, Prometheus and Argo CD
 ({ingest["files"]} files), as local Git repositories. Embedder: all-MiniLM-L6-v2 on the CPU
-(loaded in {load_s:.1f} s, not counted below).
+(loaded on first use, so its load is inside the full-ingestion time).
 
 Command: `.venv/bin/python benchmarks/kb_bench.py --write docs/benchmarks.md`
 
 | measure | result | goal |
 |---|---|---|
 | full ingestion | {ingest["seconds"]} s, {ingest["chunks"]} chunks ({ingest["chunks_per_s"]} chunks/s) | ≤ 600 s |
-| MiniLM windows embedded | {ingest["windows"]} at {ingest["windows_per_s"]}/s = {ingest["windows_per_s"] / WINDOWS_PER_S_BOUND:.0%} of the ~{WINDOWS_PER_S_BOUND:.0f}/s compute bound | |
+| MiniLM windows embedded | {ingest["windows"]} at {ingest["windows_per_s"]}/s = {ingest["windows_per_s"] / WINDOWS_PER_S_BOUND:.0%} of the ~{WINDOWS_PER_S_BOUND:.0f}/s bound for full 256-piece windows (most windows are shorter) | |
 | re-sync, nothing changed | {nochange_s:.2f} s | ≤ 5 s |
 | re-sync, one file changed | {onechange_s:.2f} s | ≤ 10 s |
 | `/query` (hybrid, query embedding included) at {latency["chunks"]} chunks | p50 {latency["p50_ms"]} ms, p95 {latency["p95_ms"]} ms | p95 ≤ 50 ms |
