@@ -223,6 +223,7 @@ def write_markdown(
     quality_small,
     n_queries,
 ) -> None:
+    from report import replace_section
     from serve_bench import machine  # the same machine line as the serving benchmark
 
     best_single = max(quality["dense"].ndcg_at_10, quality["bm25"].ndcg_at_10)
@@ -231,7 +232,7 @@ def write_markdown(
         f"{quality_small[mode].ndcg_at_10:.3f} |"
         for mode in ("dense", "bm25", "hybrid")
     )
-    section = f"""<!-- kb_bench:start -->
+    section = f"""
 ### Knowledge base ({time.strftime("%Y-%m-%d")})
 
 Machine: {machine()}. Corpora: the Markdown docs of Tekton, Prometheus and Argo CD
@@ -262,14 +263,8 @@ The 20k-chunk store for the latency row is the real store's points copied
 {latency["chunks"] // max(ingest["chunks"], 1)} times (dense vectors jittered), since embedding 20k
 chunks on 2 cores takes over half an hour; query cost depends on the store's size, not on where
 its vectors came from.
-<!-- kb_bench:end -->"""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start, end = "<!-- kb_bench:start -->", "<!-- kb_bench:end -->"
-    if start in text and end in text:
-        text = text[: text.index(start)] + section + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
+"""
+    replace_section(path, "kb_bench", section)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import httpx
 import openai
+from report import replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPICS = [
@@ -430,7 +431,6 @@ def write_markdown(
         )
     section = "\n".join(
         [
-            "<!-- serve_bench:start -->",
             f"### Model server streaming ({stamp})",
             "",
             f"Machine: {machine()}. Model: SmolLM2-135M-Instruct Q4_1 (bundled), "
@@ -448,16 +448,9 @@ def write_markdown(
             "All runs:",
             "",
             *rows,
-            "<!-- serve_bench:end -->",
         ]
     )
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    start, end = "<!-- serve_bench:start -->", "<!-- serve_bench:end -->"
-    if start in text and end in text:
-        text = text[: text.index(start)] + section + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
+    replace_section(path, "serve_bench", section)
 
 
 if __name__ == "__main__":

@@ -228,14 +228,7 @@ def config_check(
     except ConfigError as exc:
         _fail(str(exc), exc.exit_code)
         return
-    report = sizing.estimate(
-        facts,
-        gpu_memory=memory,
-        utilization=settings.gpu_memory_utilization,
-        max_model_len=settings.max_model_len,
-        tensor_parallel=settings.tensor_parallel_size,
-        quantization=settings.quantization,
-    )
+    report = sizing.estimate_for(facts, settings, memory)
     table = Table(title=f"{configmap} on {sizing.gib(memory)} ({source})")
     table.add_column("item")
     table.add_column("memory", justify="right")

@@ -209,6 +209,18 @@ def estimate(
     return report
 
 
+def estimate_for(facts: ModelFacts, settings: Any, gpu_memory: int) -> SizingReport:
+    """The estimate for a model server's settings (gpu_memory_utilization, max_model_len, ...)."""
+    return estimate(
+        facts,
+        gpu_memory=gpu_memory,
+        utilization=settings.gpu_memory_utilization,
+        max_model_len=settings.max_model_len,
+        tensor_parallel=settings.tensor_parallel_size,
+        quantization=settings.quantization,
+    )
+
+
 def _advice(r: SizingReport) -> list[str]:
     advice = []
     needed_util = r.needed / r.gpu_memory

@@ -130,14 +130,7 @@ def preflight(settings: ModelServerSettings, facts: sizing.ModelFacts | None) ->
         return "VRAM check skipped: " + (
             "no model facts" if facts is None else "no GPU visible and gpu_memory not set"
         )
-    report = sizing.estimate(
-        facts,
-        gpu_memory=memory,
-        utilization=settings.gpu_memory_utilization,
-        max_model_len=settings.max_model_len,
-        tensor_parallel=settings.tensor_parallel_size,
-        quantization=settings.quantization,
-    )
+    report = sizing.estimate_for(facts, settings, memory)
     if not report.fits:
         raise InsufficientVRAMError(
             f"llm_model {settings.llm_model!r} needs {sizing.gib(report.needed)} per GPU "
