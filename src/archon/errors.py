@@ -6,6 +6,7 @@ Every error a client can see has the shape
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -93,6 +94,10 @@ class EngineMissingError(ConfigError):
     exit_code = 9  # the engine's software (vLLM) is not installed
 
 
+class StoreInUse(ConfigError):
+    exit_code = 10  # the embedded knowledge-base store is open in another process
+
+
 def error_body(
     message: str, error_type: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
@@ -149,7 +154,5 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         # A bug of ours, not the client's: keep the shape, hide the traceback from the client.
-        import logging
-
         logging.getLogger("archon").exception("unhandled error")
         return JSONResponse(error_body("Internal server error", "internal_error"), status_code=500)

@@ -86,9 +86,19 @@ def test_reused_prefix_gives_the_same_output_as_a_cold_slot(
             [o.text async for o in e.generate(GenerationRequest("x", tokens, greedy(16)))]
         )
 
-    warm_first = asyncio.run(run(engine, prompt))
-    warm_again = asyncio.run(run(engine, prompt))  # served from the slot's cached prefix
-    assert warm_first == warm_again
+    asyncio.run(run(engine, prompt))  # the slot now holds this prompt's KV
+    hits_before = engine.stats().prefix_cache_hits
+    warm = asyncio.run(run(engine, prompt))
+    assert engine.stats().prefix_cache_hits - hits_before == len(prompt) - 1
+    cold_engine = LlamaCppEngine(
+        bundled_model_path, max_model_len=2048, slots=1, threads=2, batch_size=64
+    )
+    try:
+        cold = asyncio.run(run(cold_engine, prompt))
+        assert cold_engine.stats().prefix_cache_hits == 0
+    finally:
+        cold_engine.close()
+    assert warm == cold
 
 
 def test_stop_string_split_across_tokens() -> None:

@@ -14,7 +14,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 from qdrant_client import QdrantClient, models
 
-from archon.errors import ConfigError
+from archon.errors import StoreInUse
 from archon.kb import bm25
 
 DENSE = "dense"
@@ -63,10 +63,6 @@ class Hit:
     id: str
     score: float
     payload: dict[str, Any]
-
-
-class StoreInUse(ConfigError):
-    exit_code = 10
 
 
 class ChunkStore:
@@ -132,34 +128,18 @@ class ChunkStore:
 
     def delete_from(self, source: str, path: str, position: int = 0) -> None:
         """Delete the chunks of one file at positions >= position (all of them by default)."""
-        self._call(
-            self.client.delete,
-            self.collection,
-            points_selector=models.FilterSelector(
-                filter=models.Filter(
-                    must=[
-                        models.FieldCondition(key="source", match=models.MatchValue(value=source)),
-                        models.FieldCondition(key="path", match=models.MatchValue(value=path)),
-                        models.FieldCondition(key="position", range=models.Range(gte=position)),
-                    ]
-                )
-            ),
-            wait=True,
+        self._delete(
+            models.FieldCondition(key="source", match=models.MatchValue(value=source)),
+            models.FieldCondition(key="path", match=models.MatchValue(value=path)),
+            models.FieldCondition(key="position", range=models.Range(gte=position)),
         )
 
     def delete_source(self, source: str) -> None:
-        self._call(
-            self.client.delete,
-            self.collection,
-            points_selector=models.FilterSelector(
-                filter=models.Filter(
-                    must=[
-                        models.FieldCondition(key="source", match=models.MatchValue(value=source))
-                    ]
-                )
-            ),
-            wait=True,
-        )
+        self._delete(models.FieldCondition(key="source", match=models.MatchValue(value=source)))
+
+    def _delete(self, *conditions: models.FieldCondition) -> None:
+        selector = models.FilterSelector(filter=models.Filter(must=list(conditions)))
+        self._call(self.client.delete, self.collection, points_selector=selector, wait=True)
 
     def count(self, source: str | None = None) -> int:
         flt = None

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from archon.errors import ConfigError
 from archon.kb.chunking import chunk_markdown
 from archon.kb.embeddings import Embedder
 from archon.kb.sources import Source, SourceError, checkout
@@ -230,8 +231,6 @@ class Syncer:
 
 def check_embedder(state: State, embedder: Embedder) -> None:
     """A store built with one embedding model cannot be searched with another."""
-    from archon.errors import ConfigError
-
     recorded = state.meta("embedding_model")
     if recorded is None:
         state.set_meta("embedding_model", embedder.name)
