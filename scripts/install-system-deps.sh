@@ -11,6 +11,7 @@ declare -A NEED=(
   [git]=git
   [curl]=curl          # the README's example request
   [promtool]=prometheus  # alert rule tests and the Prometheus the monitoring tests scrape with
+  [chromium]=chromium    # the headless browser the agent chat-page test drives (via playwright)
 )
 missing=()
 for cmd in "${!NEED[@]}"; do
