@@ -57,6 +57,19 @@ class ServiceUnavailableError(ArchonError):
     error_type = "service_unavailable"
 
 
+class AuthenticationError(ArchonError):
+    status_code = 401
+    error_type = "invalid_request_error"
+
+
+class GatewayTimeoutError(ArchonError):
+    """An upstream took longer than the agent's request_timeout."""
+
+    status_code = 504
+    error_type = "timeout"
+    code = "upstream_timeout"
+
+
 class ConfigError(Exception):
     """A startup failure the operator fixes; the message names the setting to change.
 

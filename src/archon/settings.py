@@ -11,11 +11,11 @@ import os
 import re
 import shlex
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from archon.errors import ConfigError
 
@@ -257,5 +257,101 @@ def load_kb_settings(overrides: dict[str, Any] | None = None) -> KnowledgeBaseSe
         field = str(err["loc"][0]) if err["loc"] else "?"
         raise ConfigError(
             f"invalid setting {field} (ARCHON_KB_{field.upper()}): {err['msg']}, "
+            f"got {err.get('input')!r}"
+        ) from None
+
+
+def _split_list(value: Any) -> Any:
+    """Accept a list or a comma/space-separated string (env vars, ConfigMap values)."""
+    if isinstance(value, str):
+        return [item for item in re.split(r"[,\s]+", value.strip()) if item]
+    return value
+
+
+class AgentSettings(BaseSettings):
+    """Settings of ``archon agent``, the RAG gateway in front of the model servers."""
+
+    model_config = SettingsConfigDict(env_prefix="ARCHON_AGENT_", extra="forbid")
+
+    upstreams: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["http://127.0.0.1:8000"],
+        description="Model-server base URLs (archon serve or vLLM), comma-separated.",
+    )
+    kb_url: str | None = Field(
+        "http://127.0.0.1:8100",
+        description="Knowledge-base base URL; empty turns retrieval off.",
+    )
+    kb_timeout: float = Field(
+        2.0, gt=0, le=60, description="Seconds to wait for the knowledge base before degrading."
+    )
+    top_k: int = Field(4, ge=1, le=50, description="Chunks retrieved per question.")
+    max_context_chars: int = Field(
+        6000,
+        ge=200,
+        description="Characters of retrieved context put in the prompt (about 4 per token).",
+    )
+    history_turns: int = Field(
+        1, ge=0, le=10, description="Earlier user turns added to the retrieval query."
+    )
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="API keys (or sha256:<hex> digests), comma-separated."
+    )
+    api_keys_file: Path | None = Field(
+        None, description="File of API keys or sha256:<hex> digests, one per line."
+    )
+    upstream_api_key: SecretStr | None = Field(
+        None, description="Bearer key the agent sends to the model servers (vLLM --api-key)."
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    health_interval: float = Field(
+        5.0, gt=0, le=300, description="Seconds between upstream health checks."
+    )
+    connect_timeout: float = Field(
+        3.0, gt=0, le=60, description="Seconds to connect to an upstream before trying another."
+    )
+    request_timeout: float = Field(
+        600.0,
+        gt=0,
+        description="Seconds an upstream may take to answer (or between stream chunks).",
+    )
+    affinity: bool = Field(
+        True, description="Send a conversation to the same upstream (prefix-cache reuse)."
+    )
+    max_request_bytes: int = Field(1024 * 1024, ge=1024)
+
+    @field_validator("upstreams", "api_keys", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("upstreams")
+    @classmethod
+    def _urls(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("give at least one model-server URL")
+        for url in value:
+            if not re.match(r"^https?://[^/\s]+", url):
+                raise ValueError(f"{url!r} is not an http(s):// URL")
+        return [url.rstrip("/") for url in value]
+
+    @field_validator("kb_url")
+    @classmethod
+    def _kb_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"{value!r} is not an http(s):// URL")
+        return value.rstrip("/")
+
+
+def load_agent_settings(overrides: dict[str, Any] | None = None) -> AgentSettings:
+    try:
+        return AgentSettings(**{k: v for k, v in (overrides or {}).items() if v is not None})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        raise ConfigError(
+            f"invalid setting {field} (ARCHON_AGENT_{field.upper()}): {err['msg']}, "
             f"got {err.get('input')!r}"
         ) from None

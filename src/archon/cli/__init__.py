@@ -534,5 +534,5 @@ def version() -> None:
     typer.echo(__version__)
 
 
-if __name__ == "__main__":
-    app()
+# Commands that live in their own modules register themselves on `app`.
+from archon.cli import agent as _agent  # noqa: E402, F401

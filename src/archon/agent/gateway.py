@@ -1,0 +1,421 @@
+"""Forwarding to the model servers: retrieval, failover before the first byte, stream relay.
+
+The hot path stays lean on purpose (the agent should add well under a millisecond): the body
+is parsed once, re-serialised only when it changed, and a stream without sources to attach is
+relayed chunk by chunk without parsing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from archon.agent.metrics import AgentMetrics
+from archon.agent.rag import (
+    ArchonOptions,
+    KnowledgeBaseClient,
+    Outcome,
+    RetrievalError,
+    augment,
+    conversation_key,
+    mark_cited,
+    retrieval_query,
+)
+from archon.agent.upstreams import Upstream, UpstreamPool
+from archon.errors import (
+    ArchonError,
+    GatewayTimeoutError,
+    InvalidRequestError,
+    ServiceUnavailableError,
+    error_body,
+)
+from archon.openai.sse import DONE, sse_event
+from archon.settings import AgentSettings
+
+log = logging.getLogger("archon.agent")
+
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+class _MidStreamFailure(Exception):
+    pass
+
+
+@dataclass
+class Prepared:
+    """A chat request after Archon's options and retrieval were applied."""
+
+    body: bytes
+    model: str | None
+    stream: bool
+    outcome: Outcome
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    conversation: str | None = None
+    include_usage: bool = False
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidRequestError(f"Malformed JSON body: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError("The request body must be a JSON object")
+    return data
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        pool: UpstreamPool,
+        kb: KnowledgeBaseClient | None,
+        metrics: AgentMetrics,
+    ):
+        self.settings = settings
+        self.pool = pool
+        self.kb = kb
+        self.metrics = metrics
+        self.session: aiohttp.ClientSession | None = None
+        self.headers = {"content-type": "application/json", **pool.headers}
+        self.timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.connect_timeout, sock_read=settings.request_timeout
+        )
+
+    # -- requests -------------------------------------------------------------------------
+
+    async def chat(self, request: Request) -> Response:
+        began = time.perf_counter()
+        raw = await request.body()
+        prepared = await self.prepare_chat(raw)
+        return await self._forward(request, "/v1/chat/completions", "chat", prepared, began)
+
+    async def completions(self, request: Request) -> Response:
+        began = time.perf_counter()
+        raw = await request.body()
+        data = _json_object(raw)
+        model = data.get("model")
+        prepared = Prepared(
+            raw, model if isinstance(model, str) else None, data.get("stream") is True, "off"
+        )
+        return await self._forward(request, "/v1/completions", "completions", prepared, began)
+
+    async def models(self) -> dict[str, Any]:
+        healthy = [up for up in self.pool.upstreams if up.healthy]
+        if not healthy:
+            await self.pool.recheck_soon()
+            healthy = [up for up in self.pool.upstreams if up.healthy]
+        if not healthy:
+            raise ServiceUnavailableError(
+                self.pool.no_upstream_message(), code="no_healthy_upstream"
+            )
+        await asyncio.gather(*(self.pool.check(up) for up in healthy))
+        return {"object": "list", "data": self.pool.known_models()}
+
+    # -- chat preparation -----------------------------------------------------------------
+
+    async def prepare_chat(self, raw: bytes) -> Prepared:
+        data = _json_object(raw)
+        changed = "archon" in data
+        options = ArchonOptions.parse(data.pop("archon", None))
+        messages = data.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise InvalidRequestError(
+                "'messages' must be a non-empty list of messages", param="messages"
+            )
+        model = data.get("model")
+        if model is None:
+            # Convenience for curl users: with one model behind the agent, 'model' may be left out.
+            model = self.pool.default_model()
+            if model is not None:
+                data["model"], changed = model, True
+        stream = data.get("stream") is True
+        stream_options = data.get("stream_options")
+        include_usage = isinstance(stream_options, dict) and bool(
+            stream_options.get("include_usage")
+        )
+        outcome: Outcome = "off"
+        sources: list[dict[str, Any]] = []
+        if options.rag and self.kb is not None:
+            outcome, sources, augmented = await self._retrieve(options, messages)
+            if augmented is not messages:
+                data["messages"], changed = augmented, True
+        self.metrics.rag.labels(outcome).inc()
+        conversation = conversation_key(model, messages) if self.pool.affinity else None
+        body = json.dumps(data, ensure_ascii=False).encode() if changed else raw
+        return Prepared(
+            body,
+            model if isinstance(model, str) else None,
+            stream,
+            outcome,
+            sources,
+            conversation,
+            include_usage,
+        )
+
+    async def _retrieve(
+        self, options: ArchonOptions, messages: list[Any]
+    ) -> tuple[Outcome, list[dict[str, Any]], list[Any]]:
+        assert self.kb is not None
+        query = retrieval_query(messages, self.settings.history_turns)
+        if not query:
+            return "none", [], messages
+        try:
+            chunks, seconds = await self.kb.query(
+                query, options.top_k or self.settings.top_k, options.filters
+            )
+        except RetrievalError:
+            return "degraded", [], messages
+        self.metrics.retrieval_seconds.observe(seconds)
+        augmented, sources = augment(messages, chunks, self.settings.max_context_chars)
+        return ("used" if sources else "none"), sources, augmented
+
+    # -- forwarding -------------------------------------------------------------------------
+
+    async def open(self, path: str, prepared: Prepared) -> tuple[aiohttp.ClientResponse, Upstream]:
+        """Send to the best upstream; on a connection error or a 503, try the next one."""
+        assert self.session is not None
+        try:
+            candidates = self.pool.candidates(prepared.model, prepared.conversation)
+        except ServiceUnavailableError:
+            await self.pool.recheck_soon()
+            candidates = self.pool.candidates(prepared.model, prepared.conversation)
+        failures: list[str] = []
+        for up in candidates:
+            up.in_flight += 1
+            try:
+                resp = await self.session.post(
+                    up.url + path, data=prepared.body, headers=self.headers, timeout=self.timeout
+                )
+            except aiohttp.SocketTimeoutError:
+                up.in_flight -= 1
+                self.metrics.upstream_errors.labels(up.url, "timeout").inc()
+                raise GatewayTimeoutError(
+                    f"The model server {up.url} sent nothing within request_timeout "
+                    f"({self.settings.request_timeout:g}s)"
+                ) from None
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                up.in_flight -= 1
+                self.metrics.upstream_errors.labels(up.url, "connect").inc()
+                self.pool.mark_failed(up, str(exc) or type(exc).__name__)
+                failures.append(f"{up.url}: {exc or type(exc).__name__}")
+                continue
+            except aiohttp.ClientError as exc:
+                # Connected, but dropped before answering (a restart, a crash): nothing reached
+                # the client yet, so another upstream may take it.
+                up.in_flight -= 1
+                self.metrics.upstream_errors.labels(up.url, "connect").inc()
+                failures.append(f"{up.url}: {exc or type(exc).__name__}")
+                continue
+            if resp.status == 503:
+                detail = (await resp.text())[:300].strip()
+                resp.release()
+                up.in_flight -= 1
+                self.metrics.upstream_errors.labels(up.url, "status").inc()
+                failures.append(f"{up.url}: 503 {detail}")
+                continue
+            return resp, up
+        raise ServiceUnavailableError(
+            "No model server could take the request (" + "; ".join(failures) + ")",
+            code="no_healthy_upstream",
+        )
+
+    async def _forward(
+        self, request: Request, path: str, route: str, prepared: Prepared, began: float
+    ) -> Response:
+        resp, up = await self.open(path, prepared)
+        headers = {"x-archon-rag": prepared.outcome, "x-archon-upstream": str(up.number)}
+        if prepared.stream and resp.status == 200:
+            return StreamingResponse(
+                self._relay(resp, up, prepared, route, began),
+                media_type="text/event-stream",
+                headers={**SSE_HEADERS, **headers},
+            )
+        try:
+            raw = await self._read_unless_client_left(request, resp)
+        except ClientGone:
+            self._observe(route, 499, began)
+            return Response(status_code=499)
+        except aiohttp.ClientError as exc:
+            self.metrics.upstream_errors.labels(up.url, "midstream").inc()
+            raise ServiceUnavailableError(
+                f"The model server {up.url} failed while answering: {exc}",
+                code="upstream_failed",
+            ) from None
+        except aiohttp.SocketTimeoutError:
+            self.metrics.upstream_errors.labels(up.url, "timeout").inc()
+            raise GatewayTimeoutError(
+                f"The model server {up.url} did not finish within request_timeout "
+                f"({self.settings.request_timeout:g}s)"
+            ) from None
+        finally:
+            up.in_flight -= 1
+        self._observe(route, resp.status, began)
+        content_type = resp.headers.get("content-type", "application/json")
+        if resp.status != 200 or prepared.outcome == "off" or route != "chat":
+            return Response(raw, status_code=resp.status, media_type=content_type, headers=headers)
+        data = json.loads(raw)
+        answer = "".join(
+            str((c.get("message") or {}).get("content") or "") for c in data.get("choices") or []
+        )
+        data["sources"] = mark_cited(prepared.sources, answer)
+        return Response(
+            json.dumps(data, ensure_ascii=False).encode(),
+            media_type="application/json",
+            headers=headers,
+        )
+
+    async def _read_unless_client_left(
+        self, request: Request, resp: aiohttp.ClientResponse
+    ) -> bytes:
+        """Read the whole answer; if the client hangs up first, drop the upstream connection so
+        the model server stops generating for nobody."""
+        reading = asyncio.ensure_future(resp.read())
+        watching = asyncio.ensure_future(_client_gone(request))
+        try:
+            done, _ = await asyncio.wait({reading, watching}, return_when=asyncio.FIRST_COMPLETED)
+            if reading in done:
+                resp.release()
+                return reading.result()
+            resp.close()
+            raise ClientGone
+        finally:
+            for task in (reading, watching):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+
+    async def _relay(
+        self,
+        resp: aiohttp.ClientResponse,
+        up: Upstream,
+        prepared: Prepared,
+        route: str,
+        began: float,
+    ) -> AsyncIterator[bytes]:
+        finished = False
+        try:
+            if prepared.outcome != "off" and route == "chat":
+                events = self._attach_sources(resp, prepared, began)
+            else:
+                events = self._pass_through(resp, began)
+            async for chunk in events:
+                yield chunk
+            finished = True
+        except (TimeoutError, aiohttp.ClientError, _MidStreamFailure) as exc:
+            self.metrics.upstream_errors.labels(up.url, "midstream").inc()
+            reason = str(exc) or type(exc).__name__
+            log.warning("upstream %s failed mid-stream: %s", up.url, reason)
+            yield sse_event(
+                error_body(
+                    f"The model server failed mid-answer ({reason}); the answer is incomplete",
+                    "upstream_error",
+                    code="upstream_failed",
+                )
+            )
+            yield DONE
+        finally:
+            if finished:
+                resp.release()
+            else:
+                resp.close()  # the client left or the upstream broke: stop the generation
+            up.in_flight -= 1
+            self._observe(route, 200, began)
+
+    async def _pass_through(
+        self, resp: aiohttp.ClientResponse, began: float
+    ) -> AsyncIterator[bytes]:
+        tail = b""
+        first = True
+        async for chunk in resp.content.iter_any():
+            if first:
+                self.metrics.ttft_seconds.observe(time.perf_counter() - began)
+                first = False
+            tail = (tail + chunk)[-32:]
+            yield chunk
+        if not tail.rstrip().endswith(b"[DONE]"):
+            raise _MidStreamFailure("the stream ended without [DONE]")
+
+    async def _attach_sources(
+        self, resp: aiohttp.ClientResponse, prepared: Prepared, began: float
+    ) -> AsyncIterator[bytes]:
+        """Relay event by event, adding ``sources`` to the last chunk before [DONE]: the one
+        with the finish_reason (or, with include_usage, the usage chunk after it)."""
+        answer: list[str] = []
+        attached = False
+        first = True
+        template: dict[str, Any] = {}
+        async for line in resp.content:
+            if not line.startswith(b"data:"):
+                yield line
+                continue
+            if first:
+                self.metrics.ttft_seconds.observe(time.perf_counter() - began)
+                first = False
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                if not attached:
+                    yield sse_event(
+                        {
+                            **template,
+                            "choices": [],
+                            "sources": mark_cited(prepared.sources, "".join(answer)),
+                        }
+                    )
+                yield DONE
+                return
+            try:
+                event = json.loads(payload)
+            except ValueError:
+                yield line
+                continue
+            if attached or not isinstance(event, dict) or "error" in event:
+                yield line
+                continue
+            template = {k: event[k] for k in ("id", "object", "created", "model") if k in event}
+            choices = event.get("choices") or []
+            for choice in choices:
+                content = (choice.get("delta") or {}).get("content")
+                if content:
+                    answer.append(content)
+            last = (
+                (not choices and event.get("usage") is not None)
+                if prepared.include_usage
+                else any(c.get("finish_reason") for c in choices)
+            )
+            if last:
+                event["sources"] = mark_cited(prepared.sources, "".join(answer))
+                attached = True
+                yield sse_event(event)[:-1]  # the upstream's blank line ends the event
+            else:
+                yield line
+        raise _MidStreamFailure("the stream ended without [DONE]")
+
+    def _observe(self, route: str, status: int, began: float) -> None:
+        self.metrics.request_seconds.labels(route).observe(time.perf_counter() - began)
+        self.metrics.requests.labels(route, str(status)).inc()
+
+    def count_error(self, route: str, exc: ArchonError) -> None:
+        self.metrics.requests.labels(route, str(exc.status_code)).inc()
+
+
+class ClientGone(Exception):
+    """The client closed the connection before the answer was ready."""
+
+
+async def _client_gone(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return

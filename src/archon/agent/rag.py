@@ -1,0 +1,236 @@
+"""Retrieval-augmented prompts: what to ask the knowledge base, and how to show the model.
+
+The retrieved chunks go into one system message as numbered blocks; the model is asked to cite
+them as ``[n]``, and the response lists them as ``sources`` so a client can link the citations.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from archon.errors import InvalidRequestError
+
+log = logging.getLogger("archon.agent")
+
+Outcome = Literal["used", "none", "degraded", "off"]
+
+INSTRUCTIONS = (
+    "Answer the user's question using the numbered context below where it is relevant. "
+    "Cite each piece of context you use by its number in square brackets, like [1]. "
+    "If the context does not answer the question, say so, then answer as best you can."
+)
+HEADING_SEPARATOR = " \u203a "  # a single right-pointing angle quote
+_CITATION = re.compile(r"\[(\d{1,3})\]")
+
+
+class Filters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: str | list[str] | None = None
+    path_prefix: str | None = None
+
+
+class ArchonOptions(BaseModel):
+    """Archon's per-request options: the ``archon`` key of the body (``extra_body``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    rag: bool = True
+    top_k: int | None = Field(None, ge=1, le=50)
+    filters: Filters | None = None
+
+    @classmethod
+    def parse(cls, value: Any) -> ArchonOptions:
+        if value is None:
+            return cls()
+        if not isinstance(value, dict):
+            raise InvalidRequestError("'archon' must be an object", param="archon")
+        try:
+            return cls.model_validate(value)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            param = ".".join(["archon", *(str(p) for p in err["loc"])])
+            if err["type"] == "extra_forbidden":
+                message = (
+                    f"Unrecognized Archon option: {param} (known: rag, top_k, "
+                    "filters.source, filters.path_prefix)"
+                )
+            else:
+                message = f"Invalid value for '{param}': {err['msg']}"
+            raise InvalidRequestError(message, param=param) from None
+
+
+def message_text(message: Any) -> str:
+    """The text of a chat message whose content is a string or a list of parts."""
+    if not isinstance(message, dict):
+        return ""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text"
+        )
+    return ""
+
+
+def retrieval_query(messages: list[Any], history_turns: int, max_chars: int = 1000) -> str:
+    """The last user turn, preceded by up to ``history_turns`` earlier ones (follow-ups such as
+    "and how do I roll it back?" need the earlier question to find anything)."""
+    turns = [
+        text
+        for m in messages
+        if isinstance(m, dict) and m.get("role") == "user" and (text := message_text(m).strip())
+    ]
+    if not turns:
+        return ""
+    picked = turns[-(history_turns + 1) :]
+    query = "\n".join(picked)
+    while len(query) > max_chars and len(picked) > 1:
+        picked = picked[1:]  # drop the oldest first: the last question matters most
+        query = "\n".join(picked)
+    return query[-max_chars:]
+
+
+def conversation_key(model: Any, messages: list[Any]) -> str | None:
+    """Identifies a conversation by its opening: the system prompt and the first user turn,
+    the same in every later turn of it."""
+    system = next(
+        (m for m in messages[:1] if isinstance(m, dict) and m.get("role") == "system"), None
+    )
+    first_user = next(
+        (m for m in messages if isinstance(m, dict) and m.get("role") == "user"), None
+    )
+    if first_user is None:
+        return None
+    return f"{model}\x00{message_text(system)[:500]}\x00{message_text(first_user)[:500]}"
+
+
+def source_entry(n: int, chunk: dict[str, Any]) -> dict[str, Any]:
+    heading_path = chunk.get("heading_path") or []
+    return {
+        "index": n,
+        "source": chunk.get("source"),
+        "path": chunk.get("path"),
+        "title": HEADING_SEPARATOR.join(heading_path) if heading_path else chunk.get("path"),
+        "heading_path": heading_path,
+        "url": chunk.get("url"),
+        "start_line": chunk.get("start_line"),
+        "end_line": chunk.get("end_line"),
+        "score": chunk.get("score"),
+    }
+
+
+def augment(
+    messages: list[Any], chunks: list[dict[str, Any]], max_chars: int
+) -> tuple[list[Any], list[dict[str, Any]]]:
+    """Messages with the context block added, and the sources actually put in it."""
+    blocks: list[str] = []
+    sources: list[dict[str, Any]] = []
+    room = max_chars
+    for chunk in chunks:
+        text = str(chunk.get("text") or "").strip()
+        if not text:
+            continue
+        entry = source_entry(len(sources) + 1, chunk)
+        header = f"[{entry['index']}] {entry['source']}: {entry['path']} — {entry['title']}\n"
+        if len(header) + len(text) > room:
+            if room - len(header) < 200:
+                break  # a sliver of a chunk helps less than it confuses
+            text = text[: room - len(header)].rsplit(" ", 1)[0] + " …"
+        blocks.append(header + text)
+        sources.append(entry)
+        room -= len(header) + len(text) + 2
+    if not sources:
+        return messages, []
+    context = INSTRUCTIONS + "\n\nContext:\n\n" + "\n\n".join(blocks)
+    first = messages[0] if messages else None
+    if isinstance(first, dict) and first.get("role") == "system":
+        # One system message: many chat templates accept only one, and only first.
+        merged = {**first, "content": message_text(first).rstrip() + "\n\n" + context}
+        return [merged, *messages[1:]], sources
+    return [{"role": "system", "content": context}, *messages], sources
+
+
+def mark_cited(sources: list[dict[str, Any]], answer: str) -> list[dict[str, Any]]:
+    cited = {int(n) for n in _CITATION.findall(answer)}
+    for entry in sources:
+        entry["cited"] = entry["index"] in cited
+    return sources
+
+
+class RetrievalError(Exception):
+    """The knowledge base could not answer in time; the agent answers without context."""
+
+
+@dataclass
+class KnowledgeBaseClient:
+    url: str
+    timeout: float
+    session: aiohttp.ClientSession
+    retry_after: float = 5.0  # after a failure, answer without context this long, then retry
+    up: bool | None = None  # last seen state, for /ready
+    error: str | None = None
+    failed_at: float = 0.0
+
+    async def query(
+        self, text: str, top_k: int, filters: Filters | None
+    ) -> tuple[list[dict[str, Any]], float]:
+        if self.up is False and time.monotonic() - self.failed_at < self.retry_after:
+            # A knowledge base that just failed would make every question wait for kb_timeout.
+            raise RetrievalError(self.error)
+        body: dict[str, Any] = {"query": text[:4000], "top_k": top_k}
+        if filters is not None:
+            body["filters"] = filters.model_dump(exclude_none=True)
+        began = time.perf_counter()
+        try:
+            async with self.session.post(
+                self.url + "/query", json=body, timeout=aiohttp.ClientTimeout(total=self.timeout)
+            ) as resp:
+                if resp.status != 200:
+                    detail = (await resp.text())[:300].strip()
+                    raise RetrievalError(f"the knowledge base answered {resp.status}: {detail}")
+                data = await resp.json(content_type=None)
+        except TimeoutError:
+            self._down(f"no answer within kb_timeout ({self.timeout:g}s)")
+            raise RetrievalError(self.error) from None
+        except aiohttp.ClientError as exc:
+            self._down(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise RetrievalError(self.error) from None
+        except RetrievalError as exc:
+            self._down(str(exc))
+            raise
+        self._up()
+        chunks = data.get("chunks") if isinstance(data, dict) else None
+        return (chunks if isinstance(chunks, list) else []), time.perf_counter() - began
+
+    async def check(self) -> None:
+        try:
+            async with self.session.get(
+                self.url + "/ready", timeout=aiohttp.ClientTimeout(total=self.timeout)
+            ) as resp:
+                if resp.status == 200:
+                    self._up()
+                else:
+                    self._down(f"/ready answered {resp.status}")
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            self._down(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+    def _up(self) -> None:
+        if self.up is False:
+            log.info("knowledge base %s is back: answers use it again", self.url)
+        self.up, self.error = True, None
+
+    def _down(self, error: str) -> None:
+        if self.up is not False:
+            log.warning(
+                "knowledge base %s unavailable, answering without context: %s", self.url, error
+            )
+        self.up, self.error, self.failed_at = False, error, time.monotonic()

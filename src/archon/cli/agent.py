@@ -1,0 +1,84 @@
+"""`archon agent` (the RAG gateway), `archon agent hash-key`, and `archon up` (the whole stack)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from archon.cli import _fail, _setup_logging, app
+
+agent_app = typer.Typer(
+    help="The RAG gateway: OpenAI API with retrieval, in front of the model servers.",
+    invoke_without_command=True,
+)
+app.add_typer(agent_app, name="agent")
+
+
+@agent_app.callback()
+def agent(
+    ctx: typer.Context,
+    upstream: Annotated[
+        list[str] | None,
+        typer.Option(help="Model-server base URL; repeat for several (default :8000)."),
+    ] = None,
+    kb_url: Annotated[str | None, typer.Option(help="Knowledge-base base URL.")] = None,
+    no_kb: Annotated[bool, typer.Option("--no-kb", help="Answer without retrieval.")] = False,
+    api_keys_file: Annotated[
+        Path | None, typer.Option(help="File of API keys or sha256:<hex> digests.")
+    ] = None,
+    host: Annotated[str | None, typer.Option()] = None,
+    port: Annotated[int | None, typer.Option()] = None,
+    log_level: Annotated[str, typer.Option()] = "info",
+) -> None:
+    """Serve the agent (settings from flags, then ARCHON_AGENT_* environment variables)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from archon.errors import ConfigError
+    from archon.settings import load_agent_settings
+
+    _setup_logging(log_level)
+    try:
+        settings = load_agent_settings(
+            {
+                "upstreams": upstream or None,
+                "kb_url": "" if no_kb else kb_url,
+                "api_keys_file": api_keys_file,
+                "host": host,
+                "port": port,
+            }
+        )
+        import uvicorn
+
+        from archon.agent.app import create_app
+
+        application = create_app(settings)
+    except ConfigError as exc:
+        _fail(str(exc), exc.exit_code)
+        return
+    rag = f"knowledge base {settings.kb_url}" if settings.kb_url else "retrieval off"
+    typer.echo(
+        f"Archon agent on http://{settings.host}:{settings.port} "
+        f"({len(settings.upstreams)} model server(s), {rag})",
+        err=True,
+    )
+    uvicorn.run(
+        application,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level.lower(),
+        access_log=False,
+    )
+
+
+@agent_app.command("hash-key")
+def hash_key() -> None:
+    """Read an API key from stdin and print the sha256:<hex> digest to store instead of it."""
+    from archon.agent.auth import hash_key as digest_of
+
+    key = sys.stdin.readline().strip()
+    if not key:
+        _fail('no key on stdin (try: echo -n "$KEY" | archon agent hash-key)')
+    typer.echo(digest_of(key))

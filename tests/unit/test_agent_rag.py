@@ -1,0 +1,132 @@
+"""The agent's prompt building, options and keys (pure functions, no servers)."""
+
+from __future__ import annotations
+
+import pytest
+
+from archon.agent.auth import KeyRing, hash_key
+from archon.agent.rag import ArchonOptions, augment, conversation_key, mark_cited, retrieval_query
+from archon.errors import AuthenticationError, ConfigError, InvalidRequestError
+
+
+def chunk(n: int, text: str = "Some text about PromQL selectors. " * 5) -> dict:
+    return {
+        "id": f"c{n}",
+        "score": 1.0 / n,
+        "text": text,
+        "heading_path": ["Querying basics", f"Part {n}"],
+        "source": "prometheus",
+        "path": f"docs/querying/f{n}.md",
+        "start_line": n,
+        "end_line": n + 10,
+        "url": f"https://example.test/f{n}.md#L{n}",
+        "commit": "abc",
+    }
+
+
+def test_context_is_one_system_message_with_numbered_blocks() -> None:
+    messages = [{"role": "user", "content": "How do I select series?"}]
+    augmented, sources = augment(messages, [chunk(1), chunk(2)], max_chars=6000)
+    assert [m["role"] for m in augmented] == ["system", "user"]
+    system = augmented[0]["content"]
+    assert "[1] prometheus: docs/querying/f1.md — Querying basics \u203a Part 1" in system
+    assert "[2] prometheus: docs/querying/f2.md" in system
+    assert [s["index"] for s in sources] == [1, 2]
+    assert sources[0]["url"] == "https://example.test/f1.md#L1"
+    assert messages == [{"role": "user", "content": "How do I select series?"}]  # not mutated
+
+
+def test_an_existing_system_message_is_extended_not_duplicated() -> None:
+    messages = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "q"},
+    ]
+    augmented, _ = augment(messages, [chunk(1)], max_chars=6000)
+    assert [m["role"] for m in augmented] == ["system", "user"]
+    assert augmented[0]["content"].startswith("You are terse.\n\n")
+
+
+def test_context_budget_truncates_and_drops_chunks() -> None:
+    long = "word " * 400  # 2000 chars
+    _, sources = augment(
+        [{"role": "user", "content": "q"}], [chunk(i, long) for i in (1, 2, 3)], 3000
+    )
+    assert len(sources) == 2  # the second one cut to fit, the third dropped
+    augmented, sources = augment(
+        [{"role": "user", "content": "q"}], [chunk(1, long)], max_chars=1200
+    )
+    assert len(augmented[0]["content"]) < 1200 + 400
+    assert augmented[0]["content"].endswith("…")
+
+
+def test_no_chunks_leaves_the_messages_alone() -> None:
+    messages = [{"role": "user", "content": "q"}]
+    assert augment(messages, [], 6000) == (messages, [])
+
+
+def test_retrieval_query_uses_the_last_user_turns() -> None:
+    messages = [
+        {"role": "user", "content": "How do I install Argo CD?"},
+        {"role": "assistant", "content": "Use the manifests."},
+        {"role": "user", "content": [{"type": "text", "text": "and upgrade it?"}]},
+    ]
+    assert (
+        retrieval_query(messages, history_turns=1) == "How do I install Argo CD?\nand upgrade it?"
+    )
+    assert retrieval_query(messages, history_turns=0) == "and upgrade it?"
+    assert retrieval_query([{"role": "system", "content": "x"}], 1) == ""
+
+
+def test_conversation_key_is_stable_across_turns() -> None:
+    first = [{"role": "user", "content": "hello"}]
+    later = [*first, {"role": "assistant", "content": "hi"}, {"role": "user", "content": "more"}]
+    assert conversation_key("m", first) == conversation_key("m", later)
+    assert conversation_key("m", [{"role": "user", "content": "other"}]) != conversation_key(
+        "m", first
+    )
+
+
+def test_citations_are_marked() -> None:
+    sources = [{"index": 1}, {"index": 2}]
+    assert [s["cited"] for s in mark_cited(sources, "See [2].")] == [False, True]
+
+
+def test_archon_options_reject_unknown_keys_with_the_param() -> None:
+    assert ArchonOptions.parse({"rag": False, "top_k": 3}).top_k == 3
+    with pytest.raises(InvalidRequestError) as err:
+        ArchonOptions.parse({"rga": False})
+    assert err.value.param == "archon.rga"
+    with pytest.raises(InvalidRequestError) as err:
+        ArchonOptions.parse({"top_k": 0})
+    assert err.value.param == "archon.top_k"
+    with pytest.raises(InvalidRequestError):
+        ArchonOptions.parse({"filters": {"sauce": "x"}})
+    with pytest.raises(InvalidRequestError):
+        ArchonOptions.parse("rag")
+
+
+def test_keys_plain_or_digested(tmp_path) -> None:
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(f"# team keys\n{hash_key('alpha')}  alice\nbeta\n\n")
+    ring = KeyRing.load(["gamma"], keys_file)
+    for key in ("alpha", "beta", "gamma"):
+        ring.check(f"Bearer {key}")
+    with pytest.raises(AuthenticationError) as err:
+        ring.check("Bearer delta")
+    assert err.value.code == "invalid_api_key"
+    with pytest.raises(AuthenticationError) as err:
+        ring.check(None)
+    assert err.value.code == "missing_api_key"
+    with pytest.raises(AuthenticationError):
+        ring.check("Basic YWxwaGE=")
+    assert hash_key("alpha").encode() not in b"".join(ring.digests)
+    KeyRing.load([], None).check(None)  # no keys: open
+
+
+def test_a_bad_keys_file_is_a_config_error(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="ARCHON_AGENT_API_KEYS_FILE"):
+        KeyRing.load([], tmp_path / "missing")
+    empty = tmp_path / "empty"
+    empty.write_text("# nothing\n")
+    with pytest.raises(ConfigError, match="holds no key"):
+        KeyRing.load([], empty)
