@@ -172,7 +172,8 @@
         const n = source.index ?? i + 1;
         const url = safeUrl(source.url);
         const where = source.start_line ? `${source.path}:${source.start_line}` : `${source.path ?? ""}`;
-        return el("li", { id: anchor(n), value: n, "data-testid": "source" },
+        const cited = source.cited ? "cited" : null;  // the agent marks the ones the answer cites
+        return el("li", { id: anchor(n), value: n, class: cited, "data-testid": "source" },
           el("span", { class: "src-name", text: source.source ?? "" }), " ",
           url ? el("a", { href: url, target: "_blank", rel: "noopener noreferrer", text: where })
               : el("code", { text: where }),
