@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint bench clean vllm-venv checkov-venv test-vllm
+.PHONY: install run test lint bench bench-agent clean vllm-venv checkov-venv litellm-venv test-vllm
 
 $(STAMP): pyproject.toml scripts/install-system-deps.sh
 	bash scripts/install-system-deps.sh
@@ -43,9 +43,18 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-## Benchmark against llama.cpp's llama-server and llama-cpp-python's server (builds the former).
+## Benchmark against llama.cpp's llama-server and llama-cpp-python's server (builds the former), then the agent.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/serve_bench.py --write docs/benchmarks.md
+	$(MAKE) bench-agent
+
+## The agent's added latency and requests/s over a direct call, against LiteLLM's proxy (~4 min).
+bench-agent: $(STAMP) litellm-venv
+	$(BIN)/python benchmarks/agent_bench.py --write docs/benchmarks.md
+
+## LiteLLM's proxy (the agent benchmark's peer) in its own venv: it pins shared dependencies.
+litellm-venv:
+	PYTHON=$(PYTHON) bash scripts/setup-litellm-venv.sh .venv-litellm
 
 clean:
-	rm -rf $(VENV) .venv-vllm .venv-checkov .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-vllm .venv-checkov .venv-litellm .pytest_cache .ruff_cache
