@@ -27,6 +27,7 @@ CRDS = ROOT / "tests" / "data" / "crds"
 KUSTOMIZATIONS = [
     "manifests/model-server",
     "manifests/overlays/cpu",
+    "manifests/agent",
     "pipeline",
     "manifests/argocd",
 ]
@@ -107,7 +108,7 @@ def test_base_matches_the_operations_guide() -> None:
     service = find(docs, "Service", "vllm")
     assert service["spec"]["ports"][0]["port"] == 8000
     ingress = find(docs, "Ingress", "vllm")
-    assert ingress["spec"]["rules"][0]["host"] == "archon.home.local"
+    assert ingress["spec"]["rules"][0]["host"] == "models.archon.home.local"
     assert (
         int(ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"])
         >= 600

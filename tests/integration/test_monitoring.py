@@ -1,5 +1,5 @@
 """The monitoring bundle against real tools: promtool for the rules, and a real Prometheus that
-scrapes a real `archon serve` (plus DCGM and kube-state-metrics samples) for the alert
+scrapes a real `archon serve` (plus DCGM, kube-state-metrics and agent samples) for the alert
 expressions and every dashboard query. Also `archon status` against that server."""
 
 from __future__ import annotations
@@ -285,6 +285,12 @@ def test_dashboard_covers_what_operators_look_at() -> None:
         "DCGM_FI_DEV_FB_USED",
         "DCGM_FI_DEV_GPU_TEMP",
         "kube_pod_container_status_restarts_total",
+        "archon_agent_requests_total",
+        "archon_agent_request_duration_seconds",
+        "archon_agent_time_to_first_token_seconds",
+        "archon_agent_rag_requests_total",
+        "archon_agent_upstream_healthy",
+        "archon_agent_upstream_in_flight",
     ):
         assert name in text, name
     quantiles = set(re.findall(r"histogram_quantile\((0\.\d+)", text))
