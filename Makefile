@@ -5,7 +5,6 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 HOST ?= 127.0.0.1
-PORT ?= 8000
 
 .PHONY: install run test lint bench bench-agent clean vllm-venv checkov-venv litellm-venv test-vllm
 
@@ -18,9 +17,10 @@ $(STAMP): pyproject.toml scripts/install-system-deps.sh
 
 install: $(STAMP)
 
-## Start the model server on the embedded defaults (llama.cpp + bundled SmolLM2-135M).
+## Start the whole stack on the embedded defaults: model server (llama.cpp + bundled SmolLM2-135M),
+## knowledge base (this project's docs) and agent (chat page at http://$(HOST):8080/).
 run: $(STAMP)
-	$(BIN)/archon serve --host $(HOST) --port $(PORT)
+	$(BIN)/archon up --host $(HOST)
 
 ## Lint, then the whole test suite (real servers, real inference, real vLLM on the CPU).
 test: $(STAMP) vllm-venv checkov-venv

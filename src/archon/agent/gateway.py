@@ -211,10 +211,12 @@ class Gateway:
                 failures.append(f"{up.url}: {exc or type(exc).__name__}")
                 continue
             except aiohttp.ClientError as exc:
-                # Connected, but dropped before answering (a restart, a crash): nothing reached
-                # the client yet, so another upstream may take it.
+                # Connected, but dropped before answering (a crash, a restart): nothing reached
+                # the client yet, so another upstream may take it; the next health check tells
+                # whether this one is back.
                 up.in_flight -= 1
                 self.metrics.upstream_errors.labels(up.url, "connect").inc()
+                self.pool.mark_failed(up, str(exc) or type(exc).__name__)
                 failures.append(f"{up.url}: {exc or type(exc).__name__}")
                 continue
             if resp.status == 503:
@@ -225,6 +227,7 @@ class Gateway:
                 failures.append(f"{up.url}: 503 {detail}")
                 continue
             return resp, up
+        failures += [f"{up.url}: {up.error}" for up in self.pool.upstreams if up not in candidates]
         raise ServiceUnavailableError(
             "No model server could take the request (" + "; ".join(failures) + ")",
             code="no_healthy_upstream",

@@ -1,0 +1,257 @@
+"""`archon up`: the model server, the knowledge base and the agent on one machine.
+
+Each part runs as its own `archon` process (as in Kubernetes), with its output in a log file;
+`up` waits until all of them are ready, prints where they are, and stops them all on Ctrl-C or
+when one of them dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import yaml
+
+import archon
+
+STOP_ORDER = ("agent", "knowledge base", "model server")  # the front door closes first
+
+
+@dataclass
+class StackOptions:
+    host: str = "127.0.0.1"
+    model_port: int = 8000
+    kb_port: int = 8100
+    agent_port: int = 8080
+    llm_model: str | None = None
+    sources: Path | None = None  # None: the project's own docs
+    knowledge_base: bool = True
+    data_dir: Path = Path(".archon")
+    ready_timeout: float = 900.0  # a first run may download a model or sync many docs
+
+
+@dataclass
+class Part:
+    name: str
+    args: list[str]
+    url: str
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "archon.cli", *self.args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env},
+                start_new_session=True,  # Ctrl-C reaches `up`, which stops the parts in order
+            )
+
+    def exited(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class PartFailed(Exception):
+    def __init__(self, part: Part, message: str):
+        super().__init__(message)
+        self.part = part
+
+
+def project_root() -> Path | None:
+    """The checkout Archon runs from (an editable install), whose docs `up` serves by default."""
+    for parent in Path(archon.__file__).resolve().parents:
+        if (parent / "pyproject.toml").is_file() and (parent / "docs").is_dir():
+            return parent
+    return None
+
+
+def default_sources(data_dir: Path) -> Path:
+    root = project_root() or Path.cwd()
+    path = data_dir / "up-sources.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "sources": [{"name": "archon", "path": str(root), "include": ["docs/**/*.md", "README.md"]}]
+    }
+    path.write_text(
+        "# Written by `archon up`: the docs it serves when no --sources is given.\n"
+        + yaml.safe_dump(doc, sort_keys=False)
+    )
+    return path
+
+
+def plan(options: StackOptions) -> list[Part]:
+    h = options.host
+    logs = options.data_dir / "logs"
+    model_url = f"http://{h}:{options.model_port}"
+    serve = ["serve", "--host", h, "--port", str(options.model_port)]
+    if options.llm_model:
+        serve += ["--llm-model", options.llm_model]
+    parts = [Part("model server", serve, model_url, logs / "model-server.log")]
+    agent = ["agent", "--host", h, "--port", str(options.agent_port), "--upstream", model_url]
+    if options.knowledge_base:
+        sources = options.sources or default_sources(options.data_dir)
+        kb_url = f"http://{h}:{options.kb_port}"
+        parts.append(
+            Part(
+                "knowledge base",
+                [
+                    "kb",
+                    "serve",
+                    "--sources",
+                    str(sources),
+                    "--host",
+                    h,
+                    "--port",
+                    str(options.kb_port),
+                    "--sync-interval",
+                    "3600",
+                ],
+                kb_url,
+                logs / "knowledge-base.log",
+                env={"ARCHON_KB_DATA_DIR": str(options.data_dir / "kb")},
+            )
+        )
+        agent += ["--kb-url", kb_url]
+    else:
+        agent.append("--no-kb")
+    parts.append(Part("agent", agent, f"http://{h}:{options.agent_port}", logs / "agent.log"))
+    return parts
+
+
+def _ready(part: Part, client: httpx.Client) -> tuple[bool, str]:
+    """Whether the part can serve, and what it is doing if not."""
+    try:
+        if part.name == "knowledge base":
+            # Ready once its first sync is done, so the first question already finds the docs.
+            resp = client.get(part.url + "/sync")
+            if resp.status_code != 200:
+                return False, "loading the embedding model"
+            body = resp.json()
+            if body.get("running") or not body.get("last"):
+                return False, "syncing the docs"
+            return True, ""
+        path = "/ready" if part.name == "agent" else "/health"
+        resp = client.get(part.url + path)
+        if resp.status_code == 200:
+            return True, ""
+        detail = resp.json() if "json" in resp.headers.get("content-type", "") else {}
+        return False, str(detail.get("status") or detail.get("phase") or resp.status_code)
+    except httpx.HTTPError:
+        return False, "starting"
+
+
+def wait_ready(
+    parts: list[Part], timeout: float, report: Callable[[str], None], poll: float = 0.5
+) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(parts)
+    last_state: dict[str, str] = {}
+    with httpx.Client(timeout=5) as client:
+        while pending:
+            for part in list(pending):
+                code = part.exited()
+                if code is not None:
+                    raise PartFailed(part, f"the {part.name} exited with status {code}")
+                ok, state = _ready(part, client)
+                if ok:
+                    pending.remove(part)
+                    report(f"{part.name} ready at {part.url}")
+                elif last_state.get(part.name) != state:
+                    last_state[part.name] = state
+                    report(f"{part.name}: {state}")
+            if pending and time.monotonic() > deadline:
+                raise PartFailed(pending[0], f"the {pending[0].name} was not ready in {timeout:g}s")
+            if pending:
+                time.sleep(poll)
+
+
+def stop_all(parts: list[Part]) -> None:
+    by_name = {p.name: p for p in parts}
+    for name in STOP_ORDER:
+        if name in by_name:
+            by_name[name].stop()
+
+
+def busy_ports(options: StackOptions, parts: list[Part]) -> list[str]:
+    flags = {"model server": "--model-port", "knowledge base": "--kb-port", "agent": "--agent-port"}
+    busy = []
+    for part in parts:
+        port = int(part.url.rsplit(":", 1)[1])
+        with socket.socket() as s:
+            s.settimeout(0.3)
+            if s.connect_ex((options.host, port)) == 0:
+                busy.append(
+                    f"port {port} (the {part.name}) is in use; choose another with "
+                    f"{flags[part.name]}"
+                )
+    return busy
+
+
+def run(
+    options: StackOptions,
+    report: Callable[[str], None],
+    banner: Callable[[list[Part]], None],
+) -> int:
+    """Start everything, wait, serve until Ctrl-C (or SIGTERM) or a part dies; 0 on a clean stop."""
+    parts = plan(options)
+    busy = busy_ports(options, parts)
+    if busy:
+        for line in busy:
+            report(f"error: {line}")
+        return 2
+
+    def on_term(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        for part in parts:
+            part.start()
+        report(f"logs in {options.data_dir / 'logs'}")
+        wait_ready(parts, options.ready_timeout, report)
+        banner(parts)
+        while True:
+            for part in parts:
+                code = part.exited()
+                if code is not None:
+                    raise PartFailed(part, f"the {part.name} exited with status {code}")
+            time.sleep(0.5)
+    except PartFailed as exc:
+        report(f"error: {exc}; last lines of {exc.part.log_path}:\n{exc.part.log_tail()}")
+        return 1
+    except KeyboardInterrupt:
+        report("stopping…")
+        return 0
+    finally:
+        with contextlib.suppress(KeyboardInterrupt):
+            stop_all(parts)
+        signal.signal(signal.SIGTERM, previous)

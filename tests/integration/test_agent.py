@@ -1,0 +1,399 @@
+"""The agent end to end: real model servers (bundled SmolLM2), a real knowledge base over the
+Prometheus querying docs, the agent in between, and the `openai` SDK as the client."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from archon.agent.auth import hash_key
+from tests.conftest import MODEL
+from tests.support.servers import Server, start_server
+from tests.support.stack import (
+    querying_docs_sources,
+    start_agent,
+    start_kb,
+    wait_agent_ready,
+)
+
+pytestmark = pytest.mark.slow
+
+# Short prompts keep prefill quick on two cores (SmolLM2 still gets three or four chunks).
+AGENT_ENV = {"ARCHON_AGENT_MAX_CONTEXT_CHARS": "2500"}
+QUESTION = "How does the rate() function compute the per-second average rate of a counter?"
+
+
+@pytest.fixture(scope="module")
+def kb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("agent-kb")
+    server = start_kb(tmp, querying_docs_sources(tmp))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory, server: Server, kb: Server) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("agent")
+    agent = start_agent(tmp, [server.url], kb.url, env=AGENT_ENV)
+    try:
+        wait_agent_ready(agent)
+        yield agent
+    finally:
+        agent.stop()
+
+
+def client(agent: Server, key: str = "unused") -> openai.OpenAI:
+    return openai.OpenAI(base_url=agent.url + "/v1", api_key=key, max_retries=0, timeout=300)
+
+
+def ask(content: str = QUESTION) -> list[dict[str, str]]:
+    return [{"role": "user", "content": content}]
+
+
+def test_answers_carry_sources_from_the_right_files(agent: Server) -> None:
+    raw = client(agent).chat.completions.with_raw_response.create(
+        model=MODEL, messages=ask(), max_tokens=24
+    )
+    assert raw.headers["x-archon-rag"] == "used"
+    completion = raw.parse()
+    assert completion.choices[0].message.content
+    sources = completion.model_extra["sources"]
+    assert [s["index"] for s in sources] == list(range(1, len(sources) + 1))
+    assert "docs/querying/functions.md" in {s["path"] for s in sources}
+    for s in sources:
+        assert s["source"] == "prometheus"
+        assert s["url"] == f"https://docs.example.test/{s['path']}#L{s['start_line']}"
+        assert isinstance(s["cited"], bool)
+
+
+def test_streamed_answer_ends_with_the_sources(agent: Server) -> None:
+    stream = client(agent).chat.completions.create(
+        model=MODEL, messages=ask(), max_tokens=24, stream=True
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    with_sources = [c for c in chunks if (c.model_extra or {}).get("sources")]
+    assert with_sources == [chunks[-1]]  # only the last chunk, the one with the finish_reason
+    assert chunks[-1].choices[0].finish_reason in ("length", "stop")
+    paths = {s["path"] for s in chunks[-1].model_extra["sources"]}
+    assert "docs/querying/functions.md" in paths
+
+
+def test_stream_with_usage_puts_the_sources_on_the_usage_chunk(agent: Server) -> None:
+    stream = client(agent).chat.completions.create(
+        model=MODEL,
+        messages=ask(),
+        max_tokens=8,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[-1].usage is not None and not chunks[-1].choices
+    assert chunks[-1].model_extra["sources"]
+
+
+def test_per_request_options_through_extra_body(agent: Server) -> None:
+    c = client(agent)
+    off = c.chat.completions.with_raw_response.create(
+        model=MODEL, messages=ask(), max_tokens=4, extra_body={"archon": {"rag": False}}
+    )
+    assert off.headers["x-archon-rag"] == "off"
+    assert "sources" not in (off.parse().model_extra or {})
+
+    one = c.chat.completions.create(
+        model=MODEL, messages=ask(), max_tokens=4, extra_body={"archon": {"top_k": 1}}
+    )
+    assert len(one.model_extra["sources"]) == 1
+
+    nothing = c.chat.completions.with_raw_response.create(
+        model=MODEL,
+        messages=ask(),
+        max_tokens=4,
+        extra_body={"archon": {"filters": {"source": "no-such-source"}}},
+    )
+    assert nothing.headers["x-archon-rag"] == "none"
+    assert nothing.parse().model_extra["sources"] == []
+
+    with pytest.raises(openai.BadRequestError) as err:
+        c.chat.completions.create(
+            model=MODEL, messages=ask(), extra_body={"archon": {"rag": False, "topk": 2}}
+        )
+    assert err.value.body["param"] == "archon.topk"
+    assert "Unrecognized Archon option" in err.value.body["message"]
+
+
+def test_bad_requests_get_openai_shaped_4xx(agent: Server) -> None:
+    url = agent.url + "/v1/chat/completions"
+    cases = [
+        (b"{not json", 400, None),
+        (b"[]", 400, None),
+        (json.dumps({"model": MODEL}).encode(), 400, "messages"),
+        (json.dumps({"model": MODEL, "messages": []}).encode(), 400, "messages"),
+        (json.dumps({"model": "gpt-9", "messages": ask()}).encode(), 404, "model"),
+        (b'{"messages": [' + b'{"role":"user","content":"xx"},' * 40000 + b"]}", 413, None),
+    ]
+    for body, status, param in cases:
+        resp = httpx.post(url, content=body, timeout=60)
+        assert resp.status_code == status, (body[:40], resp.text)
+        error = resp.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        assert error["param"] == param
+    # The model server's own validation comes back unchanged.
+    resp = httpx.post(url, json={"model": MODEL, "messages": ask(), "max_tokens": -1}, timeout=60)
+    assert resp.status_code == 400
+    assert resp.json()["error"]["param"] == "max_tokens"
+
+
+def test_models_and_plain_completions_pass_through(agent: Server) -> None:
+    c = client(agent)
+    assert [m.id for m in c.models.list().data] == [MODEL]
+    completion = c.completions.create(model=MODEL, prompt="PromQL is", max_tokens=5)
+    assert completion.choices[0].text
+    chunks = list(c.completions.create(model=MODEL, prompt="PromQL is", max_tokens=5, stream=True))
+    assert "".join(ch.choices[0].text for ch in chunks if ch.choices)
+
+
+def test_metrics_count_outcomes_and_latencies(agent: Server) -> None:
+    text = httpx.get(agent.url + "/metrics", timeout=10).text
+    for line in (
+        'archon_agent_rag_requests_total{outcome="used"}',
+        'archon_agent_rag_requests_total{outcome="off"}',
+        'archon_agent_request_duration_seconds_count{route="chat"}',
+        "archon_agent_time_to_first_token_seconds_count",
+        "archon_agent_retrieval_duration_seconds_count",
+        'archon_agent_requests_total{code="200",route="chat"}',
+        'archon_agent_requests_total{code="404",route="chat"}',
+        "archon_agent_upstream_healthy{upstream=",
+        "archon_agent_upstream_in_flight{upstream=",
+        "archon_agent_knowledge_base_up 1.0",
+    ):
+        assert line in text, line
+    used = next(
+        float(x.split()[-1])
+        for x in text.splitlines()
+        if x.startswith('archon_agent_rag_requests_total{outcome="used"}')
+    )
+    assert used >= 4
+
+
+def test_knowledge_base_stopped_means_degraded_answers_not_errors(
+    agent: Server, kb: Server
+) -> None:
+    kb.stop()  # the last test of this module that needs it
+    c = client(agent)
+    for stream in (False, True, False):
+        if stream:
+            resp = httpx.post(
+                agent.url + "/v1/chat/completions",
+                json={"model": MODEL, "messages": ask(), "max_tokens": 4, "stream": True},
+                timeout=120,
+            )
+            assert resp.status_code == 200
+            assert resp.headers["x-archon-rag"] == "degraded"
+            assert resp.text.rstrip().endswith("data: [DONE]")
+            last = json.loads(resp.text.strip().split("\n\n")[-2].removeprefix("data: "))
+            assert last["sources"] == []
+        else:
+            raw = c.chat.completions.with_raw_response.create(
+                model=MODEL, messages=ask(), max_tokens=4
+            )
+            assert raw.headers["x-archon-rag"] == "degraded"
+            assert raw.parse().choices[0].message.content is not None
+    ready = httpx.get(agent.url + "/ready", timeout=10).json()
+    assert ready["status"] == "ready"
+    assert ready["knowledge_base"]["status"] == "down"
+    metrics = httpx.get(agent.url + "/metrics", timeout=10).text
+    assert 'archon_agent_rag_requests_total{outcome="degraded"} 3.0' in metrics
+    assert "archon_agent_knowledge_base_up 0.0" in metrics
+
+
+# -- several model servers ------------------------------------------------------------------
+
+
+@pytest.fixture()
+def two_servers(tmp_path: Path) -> Iterator[list[Server]]:
+    servers = [
+        start_server(
+            tmp_path, "--parallel", "2", "--max-model-len", "1024", env={"ARCHON_THREADS": "1"}
+        )
+        for _ in range(2)
+    ]
+    try:
+        for s in servers:
+            s.wait_ready()
+        yield servers
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def test_requests_keep_succeeding_when_a_model_server_dies(
+    tmp_path: Path, two_servers: list[Server]
+) -> None:
+    agent = start_agent(
+        tmp_path,
+        [s.url for s in two_servers],
+        None,
+        # Slow health checks: the dead server must be found by the requests themselves.
+        env={"ARCHON_AGENT_HEALTH_INTERVAL": "60"},
+    )
+    try:
+        wait_agent_ready(agent, healthy=2)
+        c = client(agent)
+        homes = set()
+        for _ in range(3):  # one conversation stays on one upstream (affinity)
+            raw = c.chat.completions.with_raw_response.create(
+                model=MODEL, messages=ask("Hi"), max_tokens=2
+            )
+            homes.add(raw.headers["x-archon-upstream"])
+        assert len(homes) == 1
+        home = int(homes.pop())
+        victim, survivor = two_servers[home - 1], two_servers[2 - home]
+
+        victim.process.send_signal(signal.SIGKILL)  # the conversation's home dies
+        victim.process.wait()
+        for _ in range(6):
+            raw = c.chat.completions.with_raw_response.create(
+                model=MODEL, messages=ask("Hi"), max_tokens=2
+            )
+            assert raw.headers["x-archon-upstream"] == str(3 - home)
+            assert raw.parse().choices[0].message.content is not None
+        metrics = httpx.get(agent.url + "/metrics", timeout=10).text
+        dead = victim.url
+        assert f'archon_agent_upstream_errors_total{{kind="connect",upstream="{dead}"}} 1.0' in (
+            metrics
+        )
+        assert f'archon_agent_upstream_healthy{{upstream="{dead}"}} 0.0' in metrics
+
+        survivor.stop()  # none left: a clear 503, not a hang or a 500
+        resp = httpx.post(
+            agent.url + "/v1/chat/completions",
+            json={"model": MODEL, "messages": ask("Hi"), "max_tokens": 2},
+            timeout=60,
+        )
+        assert resp.status_code == 503
+        error = resp.json()["error"]
+        assert error["code"] == "no_healthy_upstream"
+        assert two_servers[0].url in error["message"] and two_servers[1].url in error["message"]
+        assert httpx.get(agent.url + "/ready", timeout=10).status_code == 503
+        assert httpx.get(agent.url + "/health", timeout=10).status_code == 200
+    finally:
+        agent.stop()
+
+
+def test_a_model_server_dying_mid_stream_ends_that_stream_with_an_error_event(
+    tmp_path: Path, two_servers: list[Server]
+) -> None:
+    agent = start_agent(tmp_path, [s.url for s in two_servers], None)
+    try:
+        wait_agent_ready(agent, healthy=2)
+        body = {
+            "model": MODEL,
+            "messages": ask("Write a very long story about a lighthouse keeper."),
+            "max_tokens": 900,
+            "stream": True,
+        }
+        events: list[str] = []
+        with httpx.stream(
+            "POST", agent.url + "/v1/chat/completions", json=body, timeout=120
+        ) as resp:
+            assert resp.status_code == 200, resp.read()
+            victim = two_servers[int(resp.headers["x-archon-upstream"]) - 1]
+            survivor = next(s for s in two_servers if s is not victim)
+            for line in resp.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line[6:])
+                if len(events) == 5:
+                    victim.process.send_signal(signal.SIGKILL)
+        assert events[-1] == "[DONE]"
+        error = json.loads(events[-2])["error"]
+        assert error["code"] == "upstream_failed"
+        assert "incomplete" in error["message"]
+        assert all("error" not in json.loads(e) for e in events[:-2])
+
+        # The others are unaffected, through the SDK too.
+        stream = client(agent).chat.completions.create(
+            model=MODEL, messages=ask("Hi"), max_tokens=4, stream=True
+        )
+        assert [c for c in stream if c.choices and c.choices[0].finish_reason]
+        metrics = httpx.get(agent.url + "/metrics", timeout=10).text
+        assert (
+            f'archon_agent_upstream_errors_total{{kind="midstream",upstream="{victim.url}"}} 1.0'
+            in metrics
+        )
+        assert survivor.process.poll() is None
+    finally:
+        agent.stop()
+
+
+def test_api_keys_are_required_and_enforced(tmp_path: Path, server: Server) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(f"{hash_key('team-key')}  platform-team\n")
+    agent = start_agent(tmp_path, [server.url], None, env={"ARCHON_AGENT_API_KEYS_FILE": str(keys)})
+    try:
+        wait_agent_ready(agent)
+        with pytest.raises(openai.AuthenticationError) as err:
+            client(agent, "wrong-key").models.list()
+        assert err.value.body["code"] == "invalid_api_key"
+        resp = httpx.post(agent.url + "/v1/chat/completions", json={"messages": ask()})
+        assert resp.status_code == 401
+        assert resp.json()["error"]["code"] == "missing_api_key"
+        assert httpx.post(agent.url + "/v1/completions", json={}).status_code == 401
+
+        good = client(agent, "team-key")
+        assert [m.id for m in good.models.list().data] == [MODEL]
+        answer = good.chat.completions.create(model=MODEL, messages=ask("Hi"), max_tokens=2)
+        assert answer.choices[0].message.content is not None
+        for path in ("/health", "/ready", "/metrics"):
+            assert httpx.get(agent.url + path, timeout=10).status_code == 200
+        # Neither the key nor its digest is ever printed.
+        assert "team-key" not in agent.log()
+    finally:
+        agent.stop()
+
+
+def test_a_bad_setting_stops_the_agent_at_startup_with_one_line(tmp_path: Path) -> None:
+    from tests.support.servers import run_cli
+
+    result = run_cli("agent", "--upstream", "localhost:8000")
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("archon: error: invalid setting upstreams (ARCHON_AGENT_UPSTREAMS)")
+    )
+    result = run_cli("agent", "--api-keys-file", str(tmp_path / "nope"))
+    assert result.returncode == 2
+    assert "ARCHON_AGENT_API_KEYS_FILE" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_slow_knowledge_base_degrades_within_the_timeout(tmp_path: Path, server: Server) -> None:
+    """A knowledge base that accepts the connection but never answers."""
+    import socket
+
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)
+        kb_url = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        agent = start_agent(tmp_path, [server.url], kb_url, env={"ARCHON_AGENT_KB_TIMEOUT": "1"})
+        try:
+            wait_agent_ready(agent)
+            began = time.monotonic()
+            raw = client(agent).chat.completions.with_raw_response.create(
+                model=MODEL, messages=ask("Hi"), max_tokens=2
+            )
+            assert raw.headers["x-archon-rag"] == "degraded"
+            assert time.monotonic() - began < 60
+        finally:
+            agent.stop()
