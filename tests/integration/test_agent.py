@@ -186,6 +186,33 @@ def test_metrics_count_outcomes_and_latencies(agent: Server) -> None:
     assert used >= 4
 
 
+def test_a_client_leaving_frees_the_upstream(agent: Server, server: Server) -> None:
+    body = {"model": MODEL, "messages": ask("Tell a long story."), "max_tokens": 600}
+    with httpx.stream(
+        "POST", agent.url + "/v1/chat/completions", json={**body, "stream": True}, timeout=120
+    ) as resp:
+        for n, _ in enumerate(resp.iter_lines()):
+            if n == 6:
+                break  # hang up mid-answer
+    # A non-streamed request abandoned while the model is still generating.
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(agent.url + "/v1/chat/completions", json=body, timeout=1.0)
+
+    def idle() -> bool:
+        ready = httpx.get(agent.url + "/ready", timeout=5).json()
+        running = [
+            line
+            for line in httpx.get(server.url + "/metrics", timeout=5).text.splitlines()
+            if line.startswith("vllm:num_requests_running")
+        ]
+        return ready["upstreams"][0]["in_flight"] == 0 and running[0].endswith(" 0.0")
+
+    deadline = time.monotonic() + 120
+    while not idle():
+        assert time.monotonic() < deadline, "the agent or the model server kept working"
+        time.sleep(0.2)
+
+
 def test_knowledge_base_stopped_means_degraded_answers_not_errors(
     agent: Server, kb: Server
 ) -> None:

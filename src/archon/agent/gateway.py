@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
@@ -239,15 +240,19 @@ class Gateway:
         resp, up = await self.open(path, prepared)
         headers = {"x-archon-rag": prepared.outcome, "x-archon-upstream": str(up.number)}
         if prepared.stream and resp.status == 200:
+            stream = _Stream(self, resp, up, route, began)
             return StreamingResponse(
-                self._relay(resp, up, prepared, route, began),
+                self._relay(stream, prepared),
                 media_type="text/event-stream",
                 headers={**SSE_HEADERS, **headers},
+                # Runs even when the client left before the first chunk, when the generator
+                # above never started and so never reached its own cleanup.
+                background=BackgroundTask(stream.end, False),
             )
         try:
             raw = await self._read_unless_client_left(request, resp)
         except ClientGone:
-            self._observe(route, 499, began)
+            self.observe(route, 499, began)
             return Response(status_code=499)
         except aiohttp.ClientError as exc:
             self.metrics.upstream_errors.labels(up.url, "midstream").inc()
@@ -263,7 +268,7 @@ class Gateway:
             ) from None
         finally:
             up.in_flight -= 1
-        self._observe(route, resp.status, began)
+        self.observe(route, resp.status, began)
         content_type = resp.headers.get("content-type", "application/json")
         if resp.status != 200 or prepared.outcome == "off" or route != "chat":
             return Response(raw, status_code=resp.status, media_type=content_type, headers=headers)
@@ -299,20 +304,14 @@ class Gateway:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
 
-    async def _relay(
-        self,
-        resp: aiohttp.ClientResponse,
-        up: Upstream,
-        prepared: Prepared,
-        route: str,
-        began: float,
-    ) -> AsyncIterator[bytes]:
+    async def _relay(self, stream: _Stream, prepared: Prepared) -> AsyncIterator[bytes]:
+        resp, up = stream.resp, stream.upstream
         finished = False
         try:
-            if prepared.outcome != "off" and route == "chat":
-                events = self._attach_sources(resp, prepared, began)
+            if prepared.outcome != "off" and stream.route == "chat":
+                events = self._attach_sources(resp, prepared, stream.began)
             else:
-                events = self._pass_through(resp, began)
+                events = self._pass_through(resp, stream.began)
             async for chunk in events:
                 yield chunk
             finished = True
@@ -329,12 +328,7 @@ class Gateway:
             )
             yield DONE
         finally:
-            if finished:
-                resp.release()
-            else:
-                resp.close()  # the client left or the upstream broke: stop the generation
-            up.in_flight -= 1
-            self._observe(route, 200, began)
+            stream.end(finished)
 
     async def _pass_through(
         self, resp: aiohttp.ClientResponse, began: float
@@ -405,12 +399,39 @@ class Gateway:
                 yield line
         raise _MidStreamFailure("the stream ended without [DONE]")
 
-    def _observe(self, route: str, status: int, began: float) -> None:
+    def observe(self, route: str, status: int, began: float) -> None:
         self.metrics.request_seconds.labels(route).observe(time.perf_counter() - began)
         self.metrics.requests.labels(route, str(status)).inc()
 
     def count_error(self, route: str, exc: ArchonError) -> None:
         self.metrics.requests.labels(route, str(exc.status_code)).inc()
+
+
+class _Stream:
+    """One relayed stream's upstream connection and bookkeeping, ended exactly once."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        resp: aiohttp.ClientResponse,
+        upstream: Upstream,
+        route: str,
+        began: float,
+    ):
+        self.gateway, self.resp, self.upstream = gateway, resp, upstream
+        self.route, self.began = route, began
+        self.ended = False
+
+    def end(self, finished: bool) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        if finished:
+            self.resp.release()
+        else:
+            self.resp.close()  # the client left or the upstream broke: stop the generation
+        self.upstream.in_flight -= 1
+        self.gateway.observe(self.route, 200, self.began)
 
 
 class ClientGone(Exception):
