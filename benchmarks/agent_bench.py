@@ -675,6 +675,15 @@ def versions() -> dict[str, str]:
         with contextlib.suppress(Exception):
             out[name] = version(name)
     with contextlib.suppress(Exception):
+        git = ["git", "-C", str(ROOT)]
+        head = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "src"], capture_output=True, text=True
+        )
+        out["archon"] += f" (git {head.stdout.strip()}{', src/ changed' if dirty.stdout else ''})"
+    with contextlib.suppress(Exception):
         out["litellm"] = subprocess.run(
             [str(LITELLM_VENV / "bin" / "python"), "-c",
              "from importlib.metadata import version; print(version('litellm'))"],
