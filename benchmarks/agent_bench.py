@@ -956,7 +956,9 @@ def write_markdown(
             f"throughput: {args.concurrency} clients for {args.duration:g} s per target per round. "
             "Proxy CPU per request: the proxy process's CPU time during the throughput phase "
             "divided by the requests it served, which other load on the machine disturbs less "
-            "than the timings.",
+            "than the timings. The p99s at concurrency 1 are the most sensitive to other load: "
+            "a proxied request needs two more process wake-ups than a direct one, and each can "
+            "wait for a busy core.",
             "",
             *table,
         ]
