@@ -141,3 +141,34 @@ def test_knowledge_base_embeds_through_vllm(vllm_server: Server) -> None:
         assert float(np.dot(a, b)) > 0.99
     query = remote.embed_query("a small cat")
     assert float(np.dot(query, ours[0])) > float(np.dot(query, ours[2]))
+
+
+def test_the_agent_routes_to_real_vllm_unchanged(tmp_path: Path, vllm_server: Server) -> None:
+    """vLLM's /health and /v1/models are what the agent's health checks and routing read;
+    its errors come back to the client as vLLM wrote them."""
+    from tests.support.stack import start_agent, wait_agent_ready
+
+    agent = start_agent(tmp_path, [vllm_server.url], None)
+    try:
+        wait_agent_ready(agent)
+        client = openai.OpenAI(base_url=f"{agent.url}/v1", api_key="unused", max_retries=0)
+        assert [m.id for m in client.models.list().data] == ["minilm"]
+        ready = httpx.get(f"{agent.url}/ready", timeout=10).json()
+        assert ready["upstreams"][0]["models"] == ["minilm"]
+        # An embedding model cannot chat: vLLM says so, and the agent passes it on unchanged.
+        direct = httpx.post(
+            f"{vllm_server.url}/v1/chat/completions",
+            json={"model": "minilm", "messages": [{"role": "user", "content": "hi"}]},
+            timeout=60,
+        )
+        via_agent = httpx.post(
+            f"{agent.url}/v1/chat/completions",
+            json={"model": "minilm", "messages": [{"role": "user", "content": "hi"}]},
+            timeout=60,
+        )
+        assert direct.status_code >= 400
+        assert via_agent.status_code == direct.status_code
+        assert via_agent.json() == direct.json()
+        assert via_agent.headers["x-archon-rag"] == "off"
+    finally:
+        agent.stop()
