@@ -424,3 +424,93 @@ def test_slow_knowledge_base_degrades_within_the_timeout(tmp_path: Path, server:
             assert time.monotonic() - began < 60
         finally:
             agent.stop()
+
+
+class _Overloaded:
+    """A model server that is up but refuses work with 503 (as a full queue does)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = json.dumps({"object": "list", "data": [{"id": MODEL}]}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["content-length"]))
+                body = json.dumps(
+                    {
+                        "error": {
+                            "message": "queue full",
+                            "type": "service_unavailable",
+                            "param": None,
+                            "code": "queue_full",
+                        }
+                    }
+                ).encode()
+                self.send_response(503)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+def test_a_503_before_the_first_byte_is_retried_on_another_upstream(
+    tmp_path: Path, server: Server
+) -> None:
+    busy = _Overloaded()
+    # Without affinity, idle upstreams take turns: every other request tries the busy one first.
+    agent = start_agent(
+        tmp_path, [busy.url, server.url], None, env={"ARCHON_AGENT_AFFINITY": "false"}
+    )
+    try:
+        wait_agent_ready(agent, healthy=2)
+        c = client(agent)
+        for i in range(4):
+            raw = c.chat.completions.with_raw_response.create(
+                model=MODEL, messages=ask(f"Hi number {i}"), max_tokens=2
+            )
+            assert raw.headers["x-archon-upstream"] == "2"
+        stream = c.chat.completions.create(
+            model=MODEL, messages=ask("Hi"), max_tokens=2, stream=True
+        )
+        assert list(stream)
+        metrics = httpx.get(agent.url + "/metrics", timeout=10).text
+        retried = next(
+            float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith(
+                f'archon_agent_upstream_errors_total{{kind="status",upstream="{busy.url}"'
+            )
+        )
+        assert retried >= 1  # it was tried (it stays healthy: 503 means busy, not down)
+
+        # Only the overloaded one left: its 503 reaches the client, named.
+        server_only_busy = start_agent(tmp_path, [busy.url], None)
+        try:
+            wait_agent_ready(server_only_busy)
+            resp = httpx.post(
+                server_only_busy.url + "/v1/chat/completions",
+                json={"model": MODEL, "messages": ask("Hi")},
+                timeout=30,
+            )
+            assert resp.status_code == 503
+            assert "queue full" in resp.json()["error"]["message"]
+        finally:
+            server_only_busy.stop()
+    finally:
+        agent.stop()
+        busy.httpd.shutdown()
