@@ -64,3 +64,16 @@ def test_affinity_keeps_a_conversation_on_one_upstream_within_the_slack() -> Non
     assert p.candidates("m", "conversation 7")[0] is home
     home.in_flight = AFFINITY_SLACK + 1  # clearly busier than the idle others: leave it
     assert p.candidates("m", "conversation 7")[0] is not home
+
+
+def test_an_upstream_that_answered_503_goes_last_for_a_while() -> None:
+    import time
+
+    p = pool(2)
+    home = p.candidates("m", "conversation 1")[0]
+    home.busy_until = time.monotonic() + 60
+    for _ in range(4):
+        assert p.candidates("m", "conversation 1")[0] is not home
+        assert p.candidates("m", None)[-1] is home
+    home.busy_until = 0.0
+    assert p.candidates("m", "conversation 1")[0] is home

@@ -45,6 +45,9 @@ from archon.settings import AgentSettings
 
 log = logging.getLogger("archon.agent")
 
+# After a 503 (a full queue, a model still loading) an upstream goes last for this long.
+BUSY_BACKOFF = 1.0
+
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
@@ -224,6 +227,7 @@ class Gateway:
                 detail = (await resp.text())[:300].strip()
                 resp.release()
                 up.in_flight -= 1
+                up.busy_until = time.monotonic() + BUSY_BACKOFF
                 self.metrics.upstream_errors.labels(up.url, "status").inc()
                 failures.append(f"{up.url}: 503 {detail}")
                 continue

@@ -38,6 +38,7 @@ class Upstream:
     models: tuple[str, ...] | None = None  # None: not known (the /v1/models call failed)
     model_cards: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = "not checked yet"
+    busy_until: float = 0.0  # answered 503 (overloaded): others go first until then
 
     def serves(self, model: str | None) -> bool:
         return model is None or self.models is None or model in self.models
@@ -180,11 +181,17 @@ class UpstreamPool:
                 param="model",
             )
         # Least busy first; equal load rotates so idle upstreams share sequential traffic.
+        now = time.monotonic()
         turn = next(self._rotation) % len(serving)
-        ordered = sorted(serving[turn:] + serving[:turn], key=lambda up: up.in_flight)
+        ordered = sorted(
+            serving[turn:] + serving[:turn], key=lambda up: (up.busy_until > now, up.in_flight)
+        )
         if self.affinity and conversation and len(ordered) > 1:
             preferred = max(serving, key=lambda up: _rendezvous(conversation, up.url))
-            if preferred.in_flight <= ordered[0].in_flight + AFFINITY_SLACK:
+            if (
+                preferred.busy_until <= now
+                and preferred.in_flight <= ordered[0].in_flight + AFFINITY_SLACK
+            ):
                 ordered.remove(preferred)
                 ordered.insert(0, preferred)
         return ordered
