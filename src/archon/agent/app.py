@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -80,6 +81,10 @@ def create_app(settings: AgentSettings) -> FastAPI:
         for up in pool.upstreams:
             state = "healthy" if up.healthy else f"unhealthy ({up.error})"
             log.info("upstream %s: %s", up.url, state)
+        # Everything loaded so far lives as long as the process: keep the cyclic collector from
+        # rescanning it, which otherwise pauses requests for tens of milliseconds (p99).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
