@@ -187,7 +187,13 @@ def test_metrics_count_outcomes_and_latencies(agent: Server) -> None:
 
 
 def test_a_client_leaving_frees_the_upstream(agent: Server, server: Server) -> None:
-    body = {"model": MODEL, "messages": ask("Tell a long story."), "max_tokens": 600}
+    # ignore_eos: the answer surely outlasts the client (600 tokens, several seconds).
+    body = {
+        "model": MODEL,
+        "messages": ask("Tell a long story."),
+        "max_tokens": 600,
+        "ignore_eos": True,
+    }
     with httpx.stream(
         "POST", agent.url + "/v1/chat/completions", json={**body, "stream": True}, timeout=120
     ) as resp:
