@@ -334,6 +334,7 @@ def test_a_model_server_dying_mid_stream_ends_that_stream_with_an_error_event(
             "model": MODEL,
             "messages": ask("Write a very long story about a lighthouse keeper."),
             "max_tokens": 900,
+            "ignore_eos": True,  # still generating when the server is killed
             "stream": True,
         }
         events: list[str] = []

@@ -166,6 +166,7 @@ class ChatPage:
     def __init__(self, page: Page):
         self.page = page
         self.max_tokens = MAX_TOKENS
+        self.ignore_eos = False  # True: the answer surely runs its max_tokens
         self.errors: list[str] = []
         self.requests: list[dict] = []
         page.on("console", lambda msg: msg.type == "error" and self.errors.append(msg.text))
@@ -175,7 +176,11 @@ class ChatPage:
     def _limit_tokens(self, route: Route, request: Request) -> None:
         body = request.post_data_json
         self.requests.append(body)
-        route.continue_(post_data=json.dumps({**body, "max_tokens": self.max_tokens}))
+        limits = {
+            "max_tokens": self.max_tokens,
+            **({"ignore_eos": True} if self.ignore_eos else {}),
+        }
+        route.continue_(post_data=json.dumps({**body, **limits}))
 
     def send(self, question: str) -> Locator:
         """Types a question and sends it with Enter: the new answer."""
@@ -255,7 +260,7 @@ def test_answers_with_sources_then_without_the_knowledge_base(agent: Server, cha
 
 
 def test_stop_ends_the_answer_early(agent: Server, chat: ChatPage):
-    chat.max_tokens = 1000
+    chat.max_tokens, chat.ignore_eos = 1000, True  # still streaming when Stop is clicked
     chat.page.goto(f"{agent.url}/")
     stop = chat.page.get_by_test_id("stop")
     expect(stop).to_be_disabled()
