@@ -259,6 +259,12 @@ def test_disconnected_stream_frees_its_slot(server: Server) -> None:
 
 
 def test_client_leaving_a_non_streaming_request_frees_its_slot(server: Server) -> None:
+    # Start from an idle server: a slot an earlier test freed a moment ago may still count as
+    # running, and "running >= 1" below must mean this request.
+    deadline = time.monotonic() + 60
+    while metric(server, "vllm:num_requests_running") > 0:
+        assert time.monotonic() < deadline, "the server never became idle"
+        time.sleep(0.05)
     aborted_before = metric(server, "vllm:request_success_total", finished_reason="abort")
     body = json.dumps(
         {"model": MODEL, "prompt": "Numbers:", "max_tokens": 2000, "ignore_eos": True}
