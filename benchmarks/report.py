@@ -1,4 +1,5 @@
-"""Write a benchmark's results into its marked section of a Markdown file."""
+"""Shared by the benchmarks: percentiles, and writing results into their section of a Markdown
+file."""
 
 from __future__ import annotations
 
@@ -15,3 +16,12 @@ def replace_section(path: Path, name: str, body: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank q-th percentile (NaN for no values)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]

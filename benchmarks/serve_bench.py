@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 import openai
-from report import replace_section
+from report import percentile, replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPICS = [
@@ -79,14 +79,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def prompt(i: int) -> list[dict[str, str]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -16,15 +16,20 @@ from archon.errors import InvalidRequestError, error_body
 M = TypeVar("M", bound=BaseModel)
 
 
-async def parse_json_body(request: Request, model: type[M]) -> M:
-    """Parse a JSON object body whatever its content-type (curl users often omit it)."""
-    raw = await request.body()
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """A request body that must be a JSON object, or a 400 saying what is wrong with it."""
     try:
         data = json.loads(raw)
     except ValueError as exc:
         raise InvalidRequestError(f"Malformed JSON body: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidRequestError("The request body must be a JSON object")
+    return data
+
+
+async def parse_json_body(request: Request, model: type[M]) -> M:
+    """Parse a JSON object body whatever its content-type (curl users often omit it)."""
+    data = parse_json_object(await request.body())
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -11,7 +11,7 @@ import os
 import re
 import shlex
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -49,6 +49,8 @@ QUANTIZATION_METHODS = frozenset(
 )
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+
+S = TypeVar("S", bound=BaseSettings)
 
 
 class ModelServerSettings(BaseSettings):
@@ -247,18 +249,21 @@ class KnowledgeBaseSettings(BaseSettings):
         return self.qdrant or str(self.data_dir / "qdrant")
 
 
-def load_kb_settings(overrides: dict[str, Any] | None = None) -> KnowledgeBaseSettings:
+def _load(model: type[S], prefix: str, overrides: dict[str, Any] | None) -> S:
+    """Settings from flags (``overrides``; None = not given) > environment > defaults."""
     try:
-        return KnowledgeBaseSettings(
-            **{k: v for k, v in (overrides or {}).items() if v is not None}
-        )
+        return model(**{k: v for k, v in (overrides or {}).items() if v is not None})
     except ValidationError as exc:
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err["loc"] else "?"
         raise ConfigError(
-            f"invalid setting {field} (ARCHON_KB_{field.upper()}): {err['msg']}, "
+            f"invalid setting {field} ({prefix}{field.upper()}): {err['msg']}, "
             f"got {err.get('input')!r}"
         ) from None
+
+
+def load_kb_settings(overrides: dict[str, Any] | None = None) -> KnowledgeBaseSettings:
+    return _load(KnowledgeBaseSettings, "ARCHON_KB_", overrides)
 
 
 def _split_list(value: Any) -> Any:
@@ -346,12 +351,4 @@ class AgentSettings(BaseSettings):
 
 
 def load_agent_settings(overrides: dict[str, Any] | None = None) -> AgentSettings:
-    try:
-        return AgentSettings(**{k: v for k, v in (overrides or {}).items() if v is not None})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = str(err["loc"][0]) if err["loc"] else "?"
-        raise ConfigError(
-            f"invalid setting {field} (ARCHON_AGENT_{field.upper()}): {err['msg']}, "
-            f"got {err.get('input')!r}"
-        ) from None
+    return _load(AgentSettings, "ARCHON_AGENT_", overrides)

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.sync_api import (
     Browser,
@@ -23,7 +20,9 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from tests.support.servers import ARCHON, Server, free_port
+from tests.support import stack
+from tests.support.servers import Server, free_port
+from tests.support.stack import start_kb, wait_agent_ready
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's, from scripts/install-system-deps.sh
 ANSWER_TIMEOUT_MS = 180_000  # the CPU is shared; the 135M model usually needs a few seconds
@@ -60,33 +59,6 @@ The documentation of Zorblax, the quantum-teapot scheduler.
 }
 
 
-def wait_until(check, timeout: float, what: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"{what}: exited {proc.returncode}\n{log.read_text()}"
-        try:
-            if check():
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"{what} not ready in {timeout}s:\n{log.read_text()}")
-
-
-def launch(tmp: Path, name: str, args: list[str], env: dict[str, str]) -> Server:
-    port = free_port()
-    log_path = tmp / f"{name}-{port}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [*ARCHON, *args, "--port", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, **env},
-        )
-    return Server(process, port, log_path)
-
-
 @pytest.fixture(scope="module")
 def kb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A knowledge base over a few Markdown files about the made-up tool Zorblax."""
@@ -98,21 +70,8 @@ def kb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     sources = tmp / "sources.yaml"
     entry = {"name": "zorblax", "path": str(folder), "url_template": DOC_URL + "{path}#L{line}"}
     sources.write_text(json.dumps({"sources": [entry]}))  # JSON is YAML
-    server = launch(
-        tmp,
-        "kb",
-        ["kb", "serve", "--sources", str(sources), "--sync-interval", "3600"],
-        {"ARCHON_KB_DATA_DIR": str(tmp / "data")},
-    )
-
-    def synced() -> bool:
-        status = httpx.get(f"{server.url}/sync", timeout=2)
-        if status.status_code != 200:  # 503 while it loads
-            return False
-        return bool(status.json()["last"]) and not status.json()["running"]
-
+    server = start_kb(tmp, sources)
     try:
-        wait_until(synced, 300, "kb serve", server.process, server.log_path)
         yield server.url
     finally:
         server.stop()
@@ -121,26 +80,13 @@ def kb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def start_agent(
     tmp: Path, upstream: str, kb_url: str, *, upstream_up: bool = True, **env: str
 ) -> Server:
-    agent = launch(
-        tmp,
-        "agent",
-        ["agent", "--upstream", upstream, "--kb-url", kb_url],
-        {"ARCHON_AGENT_HEALTH_INTERVAL": "1", **env},
-    )
-
-    def up() -> bool:  # serving the page, and (if it can) seeing the model server
-        if httpx.get(f"{agent.url}/", timeout=2).status_code != 200:
-            return False
-        return not upstream_up or httpx.get(f"{agent.url}/v1/models", timeout=2).status_code in (
-            200,
-            401,
-        )
-
-    try:
-        wait_until(up, 60, "archon agent", agent.process, agent.log_path)
-    except BaseException:
-        agent.stop()
-        raise
+    agent = stack.start_agent(tmp, [upstream], kb_url, env=env)
+    if upstream_up:
+        try:
+            wait_agent_ready(agent)
+        except BaseException:
+            agent.stop()
+            raise
     return agent
 
 

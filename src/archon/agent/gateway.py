@@ -40,6 +40,7 @@ from archon.errors import (
     ServiceUnavailableError,
     error_body,
 )
+from archon.http import parse_json_object
 from archon.openai.sse import DONE, sse_event
 from archon.settings import AgentSettings
 
@@ -66,16 +67,6 @@ class Prepared:
     sources: list[dict[str, Any]] = field(default_factory=list)
     conversation: str | None = None
     include_usage: bool = False
-
-
-def _json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise InvalidRequestError(f"Malformed JSON body: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidRequestError("The request body must be a JSON object")
-    return data
 
 
 class Gateway:
@@ -107,7 +98,7 @@ class Gateway:
     async def completions(self, request: Request) -> Response:
         began = time.perf_counter()
         raw = await request.body()
-        data = _json_object(raw)
+        data = parse_json_object(raw)
         model = data.get("model")
         prepared = Prepared(
             raw, model if isinstance(model, str) else None, data.get("stream") is True, "off"
@@ -123,13 +114,13 @@ class Gateway:
             raise ServiceUnavailableError(
                 self.pool.no_upstream_message(), code="no_healthy_upstream"
             )
-        await asyncio.gather(*(self.pool.check(up) for up in healthy))
+        # The health checks refresh each upstream's models every health_interval.
         return {"object": "list", "data": self.pool.known_models()}
 
     # -- chat preparation -----------------------------------------------------------------
 
     async def prepare_chat(self, raw: bytes) -> Prepared:
-        data = _json_object(raw)
+        data = parse_json_object(raw)
         changed = "archon" in data
         options = ArchonOptions.parse(data.pop("archon", None))
         messages = data.get("messages")

@@ -16,6 +16,7 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from archon.errors import InvalidRequestError
+from archon.kb.query import Filters
 
 log = logging.getLogger("archon.agent")
 
@@ -28,12 +29,6 @@ INSTRUCTIONS = (
 )
 HEADING_SEPARATOR = " \u203a "  # a single right-pointing angle quote
 _CITATION = re.compile(r"\[(\d{1,3})\]")
-
-
-class Filters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    source: str | list[str] | None = None
-    path_prefix: str | None = None
 
 
 class ArchonOptions(BaseModel):

@@ -13,7 +13,6 @@ import hashlib
 import itertools
 import logging
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +32,6 @@ class Upstream:
     url: str
     number: int  # 1-based position in the configured list (used in headers and logs)
     healthy: bool = False
-    checked: bool = False
     in_flight: int = 0
     models: tuple[str, ...] | None = None  # None: not known (the /v1/models call failed)
     model_cards: list[dict[str, Any]] = field(default_factory=list)
@@ -119,7 +117,6 @@ class UpstreamPool:
             up.healthy, up.error = True, None
         except Exception as exc:
             up.healthy, up.error = False, _describe(exc)
-        up.checked = True
         if was != up.healthy:
             if up.healthy:
                 log.info("upstream %s is healthy (models: %s)", up.url, up.models)
@@ -202,9 +199,6 @@ class UpstreamPool:
 
     def status(self) -> list[dict[str, Any]]:
         return [up.status() for up in self.upstreams]
-
-    def __iter__(self) -> Iterable[Upstream]:
-        return iter(self.upstreams)
 
 
 def _rendezvous(key: str, url: str) -> int:

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -27,32 +27,15 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from pydantic import BaseModel, ConfigDict, Field
 
 from archon import __version__
 from archon.errors import ConfigError, ServiceUnavailableError, install_error_handlers
 from archon.http import BodyLimitMiddleware, parse_json_body
+from archon.kb.query import QueryRequest
 from archon.kb.service import KnowledgeBase
 from archon.settings import KnowledgeBaseSettings
 
 log = logging.getLogger("archon.kb")
-
-
-class Filters(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    source: str | list[str] | None = None
-    path_prefix: str | None = None
-
-
-class QueryRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    query: str = Field(min_length=1, max_length=4000)
-    top_k: int | None = Field(None, ge=1, le=50)
-    filters: Filters = Field(default_factory=Filters)
-    mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
-    fusion: Literal["rrf", "weighted"] = "rrf"
-    dense_weight: float = Field(0.5, ge=0.0, le=1.0)
-    score_threshold: float | None = None
 
 
 class _StateGauges(Collector):

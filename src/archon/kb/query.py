@@ -1,0 +1,25 @@
+"""The body of the knowledge base's `POST /query`, shared by the service and its clients
+(the agent validates its per-request filters with the same model)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Filters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: str | list[str] | None = None
+    path_prefix: str | None = None
+
+
+class QueryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: str = Field(min_length=1, max_length=4000)
+    top_k: int | None = Field(None, ge=1, le=50)
+    filters: Filters = Field(default_factory=Filters)
+    mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
+    fusion: Literal["rrf", "weighted"] = "rrf"
+    dense_weight: float = Field(0.5, ge=0.0, le=1.0)
+    score_threshold: float | None = None
