@@ -7,8 +7,6 @@ relayed chunk by chunk without parsing.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -40,7 +38,7 @@ from archon.errors import (
     ServiceUnavailableError,
     error_body,
 )
-from archon.http import parse_json_object
+from archon.http import parse_json_object, run_unless_client_leaves
 from archon.openai.sse import DONE, sse_event
 from archon.settings import AgentSettings
 
@@ -283,21 +281,12 @@ class Gateway:
     ) -> bytes:
         """Read the whole answer; if the client hangs up first, drop the upstream connection so
         the model server stops generating for nobody."""
-        reading = asyncio.ensure_future(resp.read())
-        watching = asyncio.ensure_future(_client_gone(request))
-        try:
-            done, _ = await asyncio.wait({reading, watching}, return_when=asyncio.FIRST_COMPLETED)
-            if reading in done:
-                resp.release()
-                return reading.result()
+        raw = await run_unless_client_leaves(request, resp.read())
+        if raw is None:
             resp.close()
             raise ClientGone
-        finally:
-            for task in (reading, watching):
-                if not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await task
+        resp.release()
+        return raw
 
     async def _relay(self, stream: _Stream, prepared: Prepared) -> AsyncIterator[bytes]:
         resp, up = stream.resp, stream.upstream
@@ -431,10 +420,3 @@ class _Stream:
 
 class ClientGone(Exception):
     """The client closed the connection before the answer was ready."""
-
-
-async def _client_gone(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return

@@ -149,10 +149,6 @@ def _serve_llamacpp(settings: Any, model: Any, log_level: str) -> None:
             port=settings.port,
             log_level=log_level.lower(),
             timeout_graceful_shutdown=5,
-            # Not httptools: with it, uvicorn 0.54 missed about half of the disconnects of
-            # abandoned non-streamed requests here, and the model kept generating for nobody.
-            # h11's per-request cost is nothing next to inference.
-            http="h11",
         )
     )
     shown_host = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host

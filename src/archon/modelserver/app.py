@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -14,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, gene
 
 from archon import __version__
 from archon.errors import ConfigError, install_error_handlers
-from archon.http import BodyLimitMiddleware, parse_json_body
+from archon.http import BodyLimitMiddleware, parse_json_body, run_unless_client_leaves
 from archon.modelserver import models
 from archon.modelserver.metrics import ModelServerMetrics
 from archon.modelserver.runtime import EngineFactory, ModelRuntime, llamacpp_factory
@@ -23,7 +21,6 @@ from archon.openai.schemas import ChatCompletionRequest, CompletionRequest
 from archon.settings import ModelServerSettings
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-DISCONNECT_POLL_S = 0.25
 
 
 def create_app(
@@ -90,17 +87,11 @@ def create_app(
             return StreamingResponse(
                 service.stream(prepared), media_type="text/event-stream", headers=SSE_HEADERS
             )
-        task = asyncio.ensure_future(service.complete(prepared))
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
-            if done:
-                return JSONResponse(task.result())
-            if await request.is_disconnected():
-                # Nobody will read the answer: stop generating it and free the slot.
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                return Response(status_code=499)
+        result = await run_unless_client_leaves(request, service.complete(prepared))
+        if result is None:
+            # Nobody will read the answer: generating it was stopped, its slot is free.
+            return Response(status_code=499)
+        return JSONResponse(result)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
