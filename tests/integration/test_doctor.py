@@ -84,6 +84,12 @@ SCHEDULER_GPU = (
     "affinity/selector. preemption: 0/3 nodes are available: 1 No preemption victims found for "
     "incoming pod, 2 Preemption is not helpful for scheduling."
 )
+# Kubernetes >= 1.26 words a taint the pod does not tolerate as "untolerated taint".
+SCHEDULER_TAINT = (
+    "0/3 nodes are available: 1 node(s) had untolerated taint {nvidia.com/gpu: present}, 2 "
+    "Insufficient nvidia.com/gpu. preemption: 0/3 nodes are available: 3 Preemption is not "
+    "helpful for scheduling."
+)
 SCHEDULER_MEMORY = (
     "0/2 nodes are available: 2 Insufficient memory. preemption: 0/2 nodes are available: 2 No "
     "preemption victims found for incoming pod."
@@ -142,6 +148,7 @@ CASES: dict[str, tuple[Callable[[], k.InMemoryCluster], list[tuple[str, str, str
             ("prerequisites", "RuntimeClass nvidia not found", "kind: RuntimeClass"),
             ("prerequisites", "device plugin is not deployed", "helm install"),
             ("prerequisites", "No node has allocatable nvidia.com/gpu", "device plugin"),
+            ("prerequisites", "No default StorageClass", "Install a provisioner"),
             ("prerequisites", "ArgoCD is not installed", "argocd"),
             ("prerequisites", "No nginx ingress controller", "ingress-nginx"),
         ],
@@ -160,6 +167,7 @@ CASES: dict[str, tuple[Callable[[], k.InMemoryCluster], list[tuple[str, str, str
     "pending-runtimeclass": (
         lambda: cluster(
             {
+                "runtimeclasses": [],
                 "pods": [],
                 "events": [
                     k.event(
@@ -173,7 +181,10 @@ CASES: dict[str, tuple[Callable[[], k.InMemoryCluster], list[tuple[str, str, str
                 ],
             }
         ),
-        [("pending", "RuntimeClass not found", "kubectl get runtimeclass nvidia")],
+        [
+            ("prerequisites", "RuntimeClass nvidia not found", "kind: RuntimeClass"),
+            ("pending", "RuntimeClass not found", "kubectl get runtimeclass nvidia"),
+        ],
     ),
     "pending-memory": (
         lambda: cluster(
@@ -194,6 +205,7 @@ CASES: dict[str, tuple[Callable[[], k.InMemoryCluster], list[tuple[str, str, str
     "pending-pvc": (
         lambda: cluster(
             {
+                "storageclasses": [],
                 "persistentvolumeclaims": [k.pvc("Pending")],
                 "pods": [k.pod(phase="Pending", scheduled=False, schedule_message=SCHEDULER_PVC)],
                 "events": [
@@ -208,7 +220,10 @@ CASES: dict[str, tuple[Callable[[], k.InMemoryCluster], list[tuple[str, str, str
                 ],
             }
         ),
-        [("pending", "PVC is not bound", "StorageClass")],
+        [
+            ("prerequisites", "No default StorageClass", "Install a provisioner"),
+            ("pending", "PVC is not bound", "StorageClass"),
+        ],
     ),
     "crashloop-cuda-oom": (
         lambda: crashloop(
@@ -282,6 +297,164 @@ CASES: dict[str, tuple[Callable[[], k.InMemoryCluster], list[tuple[str, str, str
             },
         ),
         [("slow-loading", "Model cached, vLLM still loading", "faster StorageClass")],
+    ),
+    # ---- clusters shaped as real ones are: nothing wrong, nothing reported ----
+    "healthy-real-cluster": (
+        lambda: k.InMemoryCluster(k.real_cluster(), metrics={POD: FAST_METRICS}),
+        [],
+    ),
+    "device-plugin-not-ready": (
+        lambda: k.InMemoryCluster(
+            {
+                **k.real_cluster(),
+                "daemonsets": [
+                    *(
+                        d
+                        for d in k.gpu_operator_daemonsets()
+                        if d["metadata"]["name"] != "nvidia-device-plugin-daemonset"
+                    ),
+                    k.daemonset("nvidia-device-plugin-daemonset", "gpu-operator", ready=0),
+                ],
+            },
+            metrics={POD: FAST_METRICS},
+        ),
+        [("prerequisites", "device plugin is not running on every node", "describe ds")],
+    ),
+    # A namespace-scoped user: cluster-wide reads are refused, which is no evidence of absence.
+    "rbac-limited": (
+        lambda: k.InMemoryCluster(
+            k.real_cluster(),
+            metrics={POD: FAST_METRICS},
+            forbidden={
+                (kind, None)
+                for kind in (
+                    "nodes",
+                    "runtimeclasses",
+                    "daemonsets",
+                    "deployments",
+                    "ingressclasses",
+                    "storageclasses",
+                    "pods",
+                )
+            },
+            user="alice@example.com",
+        ),
+        [
+            ("access", f"cannot read {kind} (cluster-wide): forbidden", f"list {kind}")
+            for kind in (
+                "runtimeclasses",
+                "daemonsets",
+                "nodes",
+                "storageclasses",
+                "deployments",
+                "ingressclasses",
+            )
+        ],
+    ),
+    # The pod is Pending for want of a GPU now; the RuntimeClass events predate it.
+    "pending-gpu-held-old-events": (
+        lambda: k.InMemoryCluster(
+            {
+                **k.real_cluster(
+                    k.pod(
+                        phase="Pending",
+                        scheduled=False,
+                        schedule_message=SCHEDULER_GPU,
+                        age_minutes=15,
+                        tolerations=[k.GPU_TOLERATION],
+                    )
+                ),
+                "pods": [
+                    k.pod(
+                        phase="Pending",
+                        scheduled=False,
+                        schedule_message=SCHEDULER_GPU,
+                        age_minutes=15,
+                        tolerations=[k.GPU_TOLERATION],
+                    ),
+                    k.pod("jupyter-0", namespace="ml", labels={"app": "notebook"}),
+                ],
+            }
+        ),
+        [("pending", "Insufficient nvidia.com/gpu", "ml/jupyter-0 on gpu-node-1 holds 1 GPU")],
+    ),
+    # A pod created before the RuntimeClass: the rejections are newer than every pod.
+    "pending-runtimeclass-new-events": (
+        lambda: k.InMemoryCluster(
+            {
+                **k.real_cluster(),
+                "runtimeclasses": [],
+                "pods": [],
+                "events": [
+                    k.event(
+                        "ReplicaSet",
+                        "vllm-6d5f8b7c9d",
+                        "FailedCreate",
+                        'Error creating: pods "vllm-6d5f8b7c9d-" is forbidden: pod rejected: '
+                        'RuntimeClass "nvidia" not found',
+                        minutes_ago=1,
+                        count=14,
+                    )
+                ],
+            }
+        ),
+        [
+            ("prerequisites", "RuntimeClass nvidia not found", "kind: RuntimeClass"),
+            ("pending", "Pods cannot be created: RuntimeClass not found", "runtimeclass nvidia"),
+        ],
+    ),
+    # The GPU node carries the GPU Operator's taint and the pod (a fork) lost its toleration:
+    # the scheduler also says "Insufficient nvidia.com/gpu" for the CPU nodes.
+    "pending-gpu-node-tainted": (
+        lambda: k.InMemoryCluster(
+            {
+                **k.real_cluster(),
+                "pods": [
+                    k.pod(
+                        phase="Pending",
+                        scheduled=False,
+                        schedule_message=SCHEDULER_TAINT,
+                        age_minutes=15,
+                    )
+                ],
+            }
+        ),
+        [("pending", "the GPU node is tainted", "key: nvidia.com/gpu")],
+    ),
+    # `kubectl apply -k` left the ConfigMap of the previous values behind; the advice must quote
+    # the one the pod reads.
+    "crashloop-cuda-oom-old-configmap": (
+        lambda: k.InMemoryCluster(
+            {
+                **k.real_cluster(
+                    k.pod(
+                        phase="Running",
+                        ready=False,
+                        age_minutes=20,
+                        statuses=[k.crashlooping("vllm", 1)],
+                        tolerations=[k.GPU_TOLERATION],
+                    )
+                ),
+                "configmaps": [
+                    k.configmap(
+                        "vllm-config-7k2m9c4f8d",
+                        300,
+                        gpu_memory_utilization="0.95",
+                        max_model_len="32768",
+                    ),
+                    k.configmap(gpu_memory_utilization="0.85", max_model_len="16384"),
+                ],
+            },
+            logs={(POD, "vllm", True): CUDA_OOM_LOG},
+        ),
+        [
+            (
+                "crashloop",
+                "CUDA out of memory",
+                "gpu_memory_utilization to 0.80 (now 0.85); or set max_model_len to 8192 "
+                "(now 16384)",
+            )
+        ],
     ),
     "high-latency": (
         lambda: cluster(
@@ -380,3 +553,32 @@ def test_no_cluster_is_a_clear_error(tmp_path: Path) -> None:
     result = run_cli("doctor", env={"KUBECONFIG": str(tmp_path / "none")})
     assert result.returncode == 2
     assert "--from DIR" in result.stderr
+
+
+def _live(tmp_path: Path, cluster: k.InMemoryCluster) -> tuple[int, list[dict]]:
+    api = k.FakeAPIServer(cluster)
+    try:
+        result = run_cli(
+            "doctor", "--json", env={"KUBECONFIG": str(api.kubeconfig(tmp_path / "kubeconfig"))}
+        )
+    finally:
+        api.stop()
+    return result.returncode, json.loads(result.stdout or "[]")
+
+
+def test_live_healthy_real_cluster_exits_0(tmp_path: Path) -> None:
+    code, findings = _live(tmp_path, CASES["healthy-real-cluster"][0]())
+    assert (code, findings) == (0, [])
+
+
+def test_live_rbac_refusals_are_reported_as_such_not_as_absence(tmp_path: Path) -> None:
+    """The API server's 403 through the kubernetes client: 'cannot read', never 'missing'."""
+    code, findings = _live(tmp_path, CASES["rbac-limited"][0]())
+    assert code == 1
+    assert {f["check"] for f in findings} == {"access"}
+    runtimeclasses = next(f for f in findings if "runtimeclasses" in f["title"])
+    assert runtimeclasses["evidence"] == [
+        'runtimeclasses.node.k8s.io is forbidden: User "alice@example.com" cannot list resource '
+        '"runtimeclasses" in API group "node.k8s.io" at the cluster scope'
+    ]
+    assert "RuntimeClass nvidia" in runtimeclasses["fix"]

@@ -19,7 +19,7 @@ def diagnose(scope: Scope) -> list[Finding]:
     findings: list[Finding] = []
     for check in CHECKS.values():
         findings.extend(check(scope))
-    return findings
+    return findings + scope.access_findings()
 
 
 __all__ = ["CHECKS", "Finding", "Scope", "diagnose"]

@@ -42,8 +42,8 @@ ARCHON_EXITS = {
 
 def check(scope: Scope) -> list[Finding]:
     found = []
-    settings = None
     for pod in scope.pods():
+        settings: dict[str, str] | None = None
         for _, status in container_statuses(pod):
             waiting = status.get("state", {}).get("waiting", {})
             if waiting.get("reason") != "CrashLoopBackOff":
@@ -56,7 +56,7 @@ def check(scope: Scope) -> list[Finding]:
             )
             exit_code = status.get("lastState", {}).get("terminated", {}).get("exitCode")
             if settings is None:
-                settings = scope.settings()
+                settings = scope.settings(pod)
             found.append(
                 classify(
                     name(pod), container, exit_code, log, settings, status.get("restartCount", 0)

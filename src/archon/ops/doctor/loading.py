@@ -60,7 +60,10 @@ def _unbound_claims(scope: Scope, pod: dict) -> list[str]:
     }
     return [
         f"PVC {name(pvc)} is {pvc.get('status', {}).get('phase', '?')}"
-        for pvc in scope.source.list("persistentvolumeclaims", scope.namespace)
+        for pvc in scope.read(
+            "persistentvolumeclaims", scope.namespace, purpose="the model-cache PVC"
+        )
+        or []
         if name(pvc) in claims and pvc.get("status", {}).get("phase") != "Bound"
     ]
 

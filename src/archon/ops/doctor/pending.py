@@ -6,7 +6,15 @@ import re
 from typing import Any
 
 from archon.ops.doctor.findings import Finding
-from archon.ops.doctor.scope import Scope, gpu_request, name
+from archon.ops.doctor.scope import (
+    Scope,
+    event_time,
+    gpu_request,
+    gpus_of,
+    name,
+    timestamp,
+    untolerated_taints,
+)
 from archon.settings import parse_bytes
 
 RUNBOOK = "docs/runbooks/ArchonModelServerPending.md"
@@ -14,57 +22,80 @@ RUNBOOK = "docs/runbooks/ArchonModelServerPending.md"
 
 def check(scope: Scope) -> list[Finding]:
     found: list[Finding] = []
-    for pod in scope.pods():
+    pods = scope.pods()
+    for pod in pods:
         status = pod.get("status", {})
         if status.get("phase") != "Pending":
             continue
         if any("running" in s.get("state", {}) for s in status.get("initContainerStatuses", [])):
             continue  # scheduled and busy in an init container: the loading check's business
-        messages = [
-            c.get("message", "")
-            for c in status.get("conditions", [])
-            if c.get("type") == "PodScheduled" and c.get("status") == "False"
-        ] + [
-            e.get("message", "")
-            for e in scope.events_about(name(pod))
-            if e.get("reason") in ("FailedScheduling", "FailedMount", "FailedCreate")
-        ]
-        text = "\n".join(m for m in messages if m)
+        text = _why_pending(scope, pod)
         if not text:
             continue
         found.append(_classify(scope, pod, text))
-    found.extend(_rejected_by_admission(scope))
+    found.extend(_rejected_by_admission(scope, pods))
     return found
+
+
+def _why_pending(scope: Scope, pod: dict[str, Any]) -> str:
+    """The scheduler's current word (the PodScheduled condition), else the latest events.
+
+    Events outlive their cause by an hour: only the newest burst says what is wrong now.
+    """
+    condition = [
+        c.get("message", "")
+        for c in pod.get("status", {}).get("conditions", [])
+        if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("message")
+    ]
+    if condition:
+        return "\n".join(condition)
+    created = timestamp(pod["metadata"].get("creationTimestamp"))
+    events = [
+        (when, e.get("message", ""))
+        for e in scope.events_about(name(pod))
+        if e.get("reason") in ("FailedScheduling", "FailedMount", "FailedCreate")
+        and (when := event_time(e)) is not None
+        and (created is None or when >= created)
+    ]
+    if not events:
+        return ""
+    newest = max(when for when, _ in events)
+    return "\n".join(m for when, m in events if m and (newest - when).total_seconds() <= 120)
+
+
+TOLERATION_YAML = "tolerations:\n  - key: {key}\n    operator: Exists\n    effect: {effect}"
 
 
 def _classify(scope: Scope, pod: dict[str, Any], text: str) -> Finding:
     pod_name = name(pod)
     evidence = [f"pod {pod_name}: {line}" for line in sorted(set(text.splitlines()))[:3]]
-    if "Insufficient nvidia.com/gpu" in text:
-        holders = [
-            f"{p['metadata']['namespace']}/{name(p)} on {p['spec'].get('nodeName', '?')} "
-            f"holds {gpu_request(p)} GPU"
-            for p in scope.source.list("pods")
-            if gpu_request(p)
-            and name(p) != pod_name
-            and p.get("status", {}).get("phase") in ("Running", "Pending")
-            and p["spec"].get("nodeName")
-        ]
-        fix = (
-            "Free a GPU: " + "; ".join(holders) + ". The model server uses Recreate, so an old "
-            "replica should not hold it; delete stray pods or move other workloads."
-            if holders
-            else "No pod holds a GPU: the nodes advertise none. Check the NVIDIA device plugin "
-            "(kubectl describe nodes | grep nvidia.com/gpu) and the node's driver."
-        )
+    gpu_nodes: list[dict[str, Any]] | None = None
+    if "nvidia.com/gpu" in text or "untolerated taint" in text:
+        nodes = scope.read("nodes", purpose="GPU nodes and their taints")
+        gpu_nodes = None if nodes is None else [n for n in nodes if gpus_of(n)]
+    # Before "Insufficient nvidia.com/gpu": a tainted GPU node next to GPU-less nodes makes the
+    # scheduler say both, and only the taint is the cause.
+    tainted = [(n, taint) for n in gpu_nodes or [] for taint in untolerated_taints(pod, n)]
+    if tainted or ("untolerated taint" in text and gpu_nodes is None):
+        first = tainted[0][1] if tainted else {"key": "nvidia.com/gpu", "effect": "NoSchedule"}
         return Finding(
             "pending",
             "error",
-            "Pod Pending: Insufficient nvidia.com/gpu",
-            fix,
-            evidence + holders,
+            "Pod Pending: the GPU node is tainted",
+            "Add a toleration for the GPU node's taint to the vllm Deployment's pod spec "
+            "(manifests/model-server/deployment.yaml):\n"
+            + TOLERATION_YAML.format(key=first["key"], effect=first["effect"]),
+            evidence
+            + [
+                f"node {name(n)} ({gpus_of(n)} GPU) has taint {t['key']}"
+                f"{'=' + t['value'] if t.get('value') else ''}:{t['effect']}, "
+                "which the pod does not tolerate"
+                for n, t in tainted
+            ],
             RUNBOOK,
         )
+    if "Insufficient nvidia.com/gpu" in text:
+        return _no_free_gpu(scope, pod, evidence, gpu_nodes)
     if "RuntimeClass" in text and "not found" in text:
         return Finding(
             "pending",
@@ -80,17 +111,17 @@ def _classify(scope: Scope, pod: dict[str, Any], text: str) -> Finding:
             parse_bytes(str(c.get("resources", {}).get("requests", {}).get("memory", "0")))
             for c in pod["spec"].get("containers", [])
         )
-        largest = max(
-            (
-                parse_bytes(n.get("status", {}).get("allocatable", {}).get("memory", "0"))
-                for n in scope.source.list("nodes")
-            ),
-            default=0,
-        )
-        evidence.append(
-            f"the pod requests {requested / 2**30:.1f} GiB; the largest node allocates "
-            f"{largest / 2**30:.1f} GiB"
-        )
+        evidence.append(f"the pod requests {requested / 2**30:.1f} GiB")
+        nodes = scope.read("nodes", purpose="the largest node's memory")
+        if nodes is not None:
+            largest = max(
+                (
+                    parse_bytes(n.get("status", {}).get("allocatable", {}).get("memory", "0"))
+                    for n in nodes
+                ),
+                default=0,
+            )
+            evidence[-1] += f"; the largest node allocates {largest / 2**30:.1f} GiB"
         return Finding(
             "pending",
             "error",
@@ -103,16 +134,6 @@ def _classify(scope: Scope, pod: dict[str, Any], text: str) -> Finding:
         )
     if re.search(r"unbound .*PersistentVolumeClaims|persistentvolumeclaim .* not found", text):
         return _unbound_pvc(scope, evidence)
-    if "untolerated taint" in text:
-        return Finding(
-            "pending",
-            "error",
-            "Pod Pending: the GPU node is tainted",
-            "Add a toleration for the GPU node's taint to the Deployment (GPU nodes "
-            "are often tainted nvidia.com/gpu=present:NoSchedule)",
-            evidence,
-            RUNBOOK,
-        )
     return Finding(
         "pending",
         "error",
@@ -124,8 +145,56 @@ def _classify(scope: Scope, pod: dict[str, Any], text: str) -> Finding:
     )
 
 
+def _no_free_gpu(
+    scope: Scope, pod: dict[str, Any], evidence: list[str], gpu_nodes: list[dict[str, Any]] | None
+) -> Finding:
+    pod_name = name(pod)
+    everyone = scope.read("pods", purpose="which pod holds the GPU")
+    holders = [
+        f"{p['metadata']['namespace']}/{name(p)} on {p['spec'].get('nodeName', '?')} "
+        f"holds {gpu_request(p)} GPU"
+        for p in everyone or []
+        if gpu_request(p)
+        and name(p) != pod_name
+        and p.get("status", {}).get("phase") in ("Running", "Pending")
+        and p["spec"].get("nodeName")
+    ]
+    if holders:
+        fix = (
+            "Free a GPU: " + "; ".join(holders) + ". The model server uses Recreate, so an old "
+            "replica should not hold it; delete stray pods or move other workloads."
+        )
+    elif gpu_nodes:
+        fix = (
+            "GPU nodes exist ("
+            + ", ".join(f"{name(n)}: {gpus_of(n)} GPU" for n in gpu_nodes)
+            + ") but the pod fits none of them: check its nodeSelector and affinity, and that "
+            "it asks for no more GPUs than a node has (kubectl describe pod -n "
+            f"{scope.namespace} {pod_name})"
+        )
+    elif gpu_nodes is None or everyone is None:
+        fix = (
+            "Every GPU is taken or there is none, and this user may not see which: kubectl "
+            "describe nodes | grep nvidia.com/gpu (with a context that may read nodes and pods)"
+        )
+    else:
+        fix = (
+            "No pod holds a GPU: the nodes advertise none. Check the NVIDIA device plugin "
+            "(kubectl describe nodes | grep nvidia.com/gpu) and the node's driver."
+        )
+    return Finding(
+        "pending",
+        "error",
+        "Pod Pending: Insufficient nvidia.com/gpu",
+        fix,
+        evidence + holders,
+        RUNBOOK,
+    )
+
+
 def _unbound_pvc(scope: Scope, evidence: list[str]) -> Finding:
-    for pvc in scope.source.list("persistentvolumeclaims", scope.namespace):
+    claims = scope.read("persistentvolumeclaims", scope.namespace, purpose="the model-cache PVC")
+    for pvc in claims or []:
         if pvc.get("status", {}).get("phase") != "Bound":
             evidence.append(f"PVC {name(pvc)} is {pvc.get('status', {}).get('phase', '?')}")
             evidence += [
@@ -142,26 +211,39 @@ def _unbound_pvc(scope: Scope, evidence: list[str]) -> Finding:
     )
 
 
-def _rejected_by_admission(scope: Scope) -> list[Finding]:
-    """A missing RuntimeClass rejects the pod at creation: there is no pod, only RS events."""
-    found = []
-    for event in scope.source.list("events", scope.namespace):
+def _rejected_by_admission(scope: Scope, pods: list[dict[str, Any]]) -> list[Finding]:
+    """A missing RuntimeClass rejects the pod at creation: there is no pod, only RS events.
+
+    Only a rejection newer than every current pod counts (a pod created since then was
+    admitted: the RuntimeClass exists now), and none when the RuntimeClass is there.
+    """
+    events = scope.read("events", scope.namespace, purpose="the ReplicaSet's events") or []
+    created = [t for p in pods if (t := timestamp(p["metadata"].get("creationTimestamp")))]
+    classes = scope.read("runtimeclasses", purpose="RuntimeClass nvidia")
+    present = {name(rc) for rc in classes or []}
+    for event in sorted(events, key=lambda e: event_time(e) or timestamp("1970-01-01T00:00:00Z")):
         message = event.get("message", "")
-        if (
+        if not (
             event.get("reason") == "FailedCreate"
             and "RuntimeClass" in message
             and event.get("involvedObject", {}).get("kind") == "ReplicaSet"
         ):
-            found.append(
-                Finding(
-                    "pending",
-                    "error",
-                    "Pods cannot be created: RuntimeClass not found",
-                    "Deploy the RuntimeClass first: kubectl get runtimeclass nvidia "
-                    "(the NVIDIA GPU Operator creates it)",
-                    [f"ReplicaSet {event['involvedObject']['name']}: {message}"],
-                    RUNBOOK,
-                )
+            continue
+        when = event_time(event)
+        if when is not None and any(t >= when for t in created):
+            continue
+        missing = re.search(r'RuntimeClass "([^"]+)" not found', message)
+        if missing and missing.group(1) in present:
+            continue
+        return [
+            Finding(
+                "pending",
+                "error",
+                "Pods cannot be created: RuntimeClass not found",
+                "Deploy the RuntimeClass first: kubectl get runtimeclass nvidia "
+                "(the NVIDIA GPU Operator creates it)",
+                [f"ReplicaSet {event['involvedObject']['name']}: {message}"],
+                RUNBOOK,
             )
-            break
-    return found
+        ]
+    return []

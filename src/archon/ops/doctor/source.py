@@ -25,7 +25,18 @@ KINDS = (
     "persistentvolumeclaims",
     "configmaps",
     "replicasets",
+    "storageclasses",
 )
+
+
+class Forbidden(Exception):
+    """The API server refused a read (RBAC): what is there is unknown, not absent."""
+
+    def __init__(self, kind: str, namespace: str | None, message: str):
+        super().__init__(message)
+        self.kind = kind
+        self.namespace = namespace
+        self.message = message
 
 
 class ClusterSource(Protocol):
@@ -33,7 +44,9 @@ class ClusterSource(Protocol):
 
     def list(
         self, kind: str, namespace: str | None = None, selector: str | None = None
-    ) -> list[dict[str, Any]]: ...
+    ) -> list[dict[str, Any]]:
+        """The objects (all namespaces when namespace is None); raises Forbidden on a 403."""
+        ...
 
     def log(
         self, namespace: str, pod: str, container: str, *, previous: bool, tail: int = 200
@@ -54,26 +67,20 @@ class LiveCluster:
     """The cluster of the current kube context (or the one this pod runs in)."""
 
     def __init__(self, context: str | None = None, prometheus_url: str | None = None):
-        from kubernetes import client, config
+        from kubernetes import client
+
+        from archon.ops.kube import api_client
 
         self._prometheus_url = prometheus_url
-        from kubernetes.config.config_exception import ConfigException
-
         try:
-            config.load_incluster_config()
-        except ConfigException:
-            try:
-                config.load_kube_config(context=context)
-            except (ConfigException, FileNotFoundError) as exc:
-                raise ConfigError(
-                    f"no Kubernetes cluster to talk to ({exc}); set KUBECONFIG or the kube "
-                    "context, or diagnose a dump with --from DIR"
-                ) from None
-        self._api = client.ApiClient()
+            self._api = api_client(context)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}, or diagnose a dump with --from DIR") from None
         self._core = client.CoreV1Api(self._api)
         self._apps = client.AppsV1Api(self._api)
         self._node = client.NodeV1Api(self._api)
         self._net = client.NetworkingV1Api(self._api)
+        self._storage = client.StorageV1Api(self._api)
         self._exc = client.exceptions.ApiException
 
     def now(self) -> datetime:
@@ -115,6 +122,7 @@ class LiveCluster:
             "nodes": self._core.list_node,
             "runtimeclasses": self._node.list_runtime_class,
             "ingressclasses": self._net.list_ingress_class,
+            "storageclasses": self._storage.list_storage_class,
         }
         try:
             if kind in cluster:
@@ -123,7 +131,11 @@ class LiveCluster:
                 by_ns, everywhere = namespaced[kind]
                 result = by_ns(namespace, **kw) if namespace else everywhere(**kw)
         except self._exc as exc:
-            if exc.status in (403, 404):
+            if exc.status == 403:
+                from archon.ops.kube import api_message
+
+                raise Forbidden(kind, namespace, api_message(exc)) from None
+            if exc.status == 404:  # an API this cluster does not serve
                 return []
             raise
         return json.loads(result.data).get("items", [])
@@ -185,7 +197,10 @@ class DumpCluster:
         self, kind: str, namespace: str | None = None, selector: str | None = None
     ) -> list[dict[str, Any]]:
         path = self.root / _key(kind, namespace, selector)
-        return json.loads(path.read_text()) if path.is_file() else []
+        data = json.loads(path.read_text()) if path.is_file() else []
+        if isinstance(data, dict) and "forbidden" in data:
+            raise Forbidden(kind, namespace, data["forbidden"])
+        return data
 
     def log(
         self, namespace: str, pod: str, container: str, *, previous: bool, tail: int = 200
@@ -224,8 +239,13 @@ class RecordingCluster:
     def list(
         self, kind: str, namespace: str | None = None, selector: str | None = None
     ) -> list[dict[str, Any]]:
-        items = self.inner.list(kind, namespace, selector)
-        (self.root / _key(kind, namespace, selector)).write_text(json.dumps(items, indent=1))
+        path = self.root / _key(kind, namespace, selector)
+        try:
+            items = self.inner.list(kind, namespace, selector)
+        except Forbidden as exc:
+            path.write_text(json.dumps({"forbidden": exc.message}))
+            raise
+        path.write_text(json.dumps(items, indent=1))
         return items
 
     def log(
