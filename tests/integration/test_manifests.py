@@ -309,25 +309,6 @@ def test_the_guides_pipelinerun_runs_our_pipeline_with_defaults() -> None:
     }
 
 
-def test_the_task_creates_the_same_application_as_the_manifest() -> None:
-    docs = kustomize(ROOT / "pipeline")
-    task = find(docs, "Task", "argocd-application")
-    pipeline = find(docs, "Pipeline", "deploy-model-server")
-    defaults = {p["name"]: p.get("default") for p in task["spec"]["params"]}
-    defaults.update({p["name"]: p["default"] for p in pipeline["spec"]["params"]})
-    script = task["spec"]["steps"][0]["script"]
-    after_heredoc = script.split("<<APP", 1)[1].split("\n", 1)[1]
-    body = after_heredoc.split("\nAPP\n", 1)[0]
-    rendered = re.sub(r"\$\(params\.([a-z-]+)\)", lambda m: str(defaults[m[1]]), body)
-    application = yaml.safe_load(rendered)
-    validate(application)
-    standalone = find(kustomize(ROOT / "manifests/argocd"), "Application", "archon-model-server")
-    assert application["spec"] == standalone["spec"]
-    policy = application["spec"]["syncPolicy"]
-    assert policy["automated"] == {"prune": True, "selfHeal": True}
-    assert "CreateNamespace=true" in policy["syncOptions"]
-
-
 @pytest.mark.skipif(
     not CHECKOV.exists(), reason="run scripts/setup-checkov-venv.sh (make test does)"
 )

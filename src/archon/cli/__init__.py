@@ -536,3 +536,4 @@ def version() -> None:
 
 # Commands that live in their own modules register themselves on `app`.
 from archon.cli import agent as _agent  # noqa: E402, F401
+from archon.cli import argocd as _argocd  # noqa: E402, F401
