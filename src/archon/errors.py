@@ -38,6 +38,14 @@ class InvalidRequestError(ArchonError):
     error_type = "invalid_request_error"
 
 
+class InternalError(ArchonError):
+    """A bug of ours while serving one request; that request fails, the server goes on."""
+
+    status_code = 500
+    error_type = "internal_error"
+    code = "internal_error"
+
+
 class ModelNotFoundError(ArchonError):
     status_code = 404
     error_type = "invalid_request_error"
@@ -117,8 +125,23 @@ def error_body(
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
+def _is_union_tag(part: str) -> bool:
+    # pydantic names the union member it tried ("str", "list[int]", "function-after[...]",
+    # "literal['none','auto']"); those are not request fields.
+    return (
+        "[" in part
+        or "(" in part
+        or part[:1].isupper()  # a model class: fields are snake_case
+        or part in {"str", "int", "float", "bool", "list", "dict", "none"}
+    )
+
+
 def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    parts = [
+        str(p)
+        for p in loc
+        if p not in ("body", "query", "path") and not (isinstance(p, str) and _is_union_tag(p))
+    ]
     if not parts:
         return None
     out = parts[0]

@@ -8,6 +8,7 @@ import json
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
+import orjson
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
@@ -19,15 +20,41 @@ M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 
 
+# No OpenAI request nests anywhere near this deep; a deeper body is an attack or a bug.
+MAX_JSON_DEPTH = 64
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """A request body that must be a JSON object, or a 400 saying what is wrong with it."""
+    """A request body that must be a JSON object, or a 400 saying what is wrong with it.
+
+    Strict JSON (RFC 8259): orjson refuses NaN/Infinity and unpaired UTF-16 surrogates, which
+    Python's json module lets through to fail later as 500s.
+    """
     try:
-        data = json.loads(raw)
-    except ValueError as exc:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise InvalidRequestError(f"Malformed JSON body: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidRequestError("The request body must be a JSON object")
+    if _depth_exceeds(data, MAX_JSON_DEPTH):
+        raise InvalidRequestError(
+            f"Malformed JSON body: nested deeper than {MAX_JSON_DEPTH} levels"
+        )
     return data
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    # Iterative on purpose: a recursive walk is what a deep body would crash.
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list))
+    return False
 
 
 async def parse_json_body(request: Request, model: type[M]) -> M:

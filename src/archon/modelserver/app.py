@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, gene
 from archon import __version__
 from archon.errors import ConfigError, install_error_handlers
 from archon.http import BodyLimitMiddleware, parse_json_body, run_unless_client_leaves
-from archon.modelserver import models
+from archon.modelserver import models, tokenization
 from archon.modelserver.metrics import ModelServerMetrics
 from archon.modelserver.runtime import EngineFactory, ModelRuntime, llamacpp_factory
 from archon.modelserver.serving import CompletionService, Prepared
@@ -102,5 +102,15 @@ def create_app(
     async def completions(request: Request) -> Response:
         body = await parse_json_body(request, CompletionRequest)
         return await respond(await service.prepare_completion(body), request)
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> dict:
+        body = await parse_json_body(request, tokenization.TokenizeRequest)
+        return await tokenization.tokenize(body, runtime.require_engine(), served_name)
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> dict:
+        body = await parse_json_body(request, tokenization.DetokenizeRequest)
+        return tokenization.detokenize(body, runtime.require_engine(), served_name)
 
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from archon.errors import ServiceUnavailableError
 
@@ -24,6 +24,26 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    grammar: str | None = None  # GBNF the output must match (structured output, tool calls)
+    logprobs: int | None = None  # None: none; k: the sampled token's plus the k most likely
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    token_id: int
+    token: bytes
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A sampled token's log-probability under the model (raw logits), and its alternatives."""
+
+    token_id: int
+    token: bytes
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -31,6 +51,7 @@ class GenerationRequest:
     request_id: str
     prompt_tokens: list[int]
     params: SamplingParams
+    n: int = 1  # choices; they share the prompt's KV (one prefill)
 
 
 @dataclass
@@ -41,6 +62,8 @@ class GenerationOutput:
     completion_tokens: int
     finish_reason: FinishReason | None = None
     queued_s: float | None = None  # set on the first output: time spent waiting for a slot
+    index: int = 0  # which of the request's n choices
+    logprobs: list[TokenLogprob] | None = None  # one per token generated since the last output
 
 
 @dataclass
@@ -66,7 +89,19 @@ class Engine(Protocol):
 
     def tokenize(self, text: str, *, add_special: bool) -> list[int]: ...
 
-    def apply_chat_template(self, messages: list[dict[str, str]]) -> str: ...
+    def detokenize(self, tokens: list[int]) -> str: ...
+
+    def token_bytes(self, token: int) -> bytes: ...
+
+    def check_grammar(self, grammar: str) -> None:
+        """Raise InvalidRequestError if llama.cpp cannot parse the grammar."""
+        ...
+
+    n_vocab: int
+
+    def apply_chat_template(
+        self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True
+    ) -> str: ...
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationOutput]:
         """Yield outputs until one carries a finish reason; closing the iterator aborts."""

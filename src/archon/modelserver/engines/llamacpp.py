@@ -8,6 +8,14 @@ wait in a FIFO queue. Each slot keeps the tokens whose KV it holds, so a request
 prefix with a slot's previous request (a system prompt, a chat history) skips that prefill.
 
 ``llama_decode`` releases the GIL, so the asyncio server stays responsive while the model runs.
+
+No request can stop the loop: whatever fails while admitting, sampling or detokenising one
+sequence fails that request alone (a 4xx when the request caused it, a 500 otherwise) and frees
+its slot. Only a context that keeps failing to decode is declared dead.
+
+``n`` choices share one prefill: the first sequence of the group evaluates the prompt, its KV
+stream is copied to the other slots, and every choice samples its first token from the same
+logits.
 """
 
 from __future__ import annotations
@@ -18,7 +26,6 @@ import contextlib
 import ctypes
 import logging
 import queue
-import random
 import threading
 import time
 from collections import deque
@@ -27,19 +34,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from archon.errors import InvalidRequestError, ModelLoadError
+from archon.errors import ArchonError, InternalError, InvalidRequestError, ModelLoadError
 from archon.modelserver.chat_template import ChatTemplate
 from archon.modelserver.engines.base import (
     EngineDead,
     EngineStats,
     GenerationOutput,
     GenerationRequest,
-    SamplingParams,
+    TokenLogprob,
 )
+from archon.modelserver.engines.llamacpp_sampling import Sampler, Vocabulary
 
 log = logging.getLogger("archon.engine")
 
 Sink = Callable[[GenerationOutput | BaseException], None]
+
+# Decode failures in a row after which the context is taken for dead (one failure fails the
+# sequences of that batch only).
+DEAD_AFTER_DECODE_FAILURES = 3
 
 
 @dataclass
@@ -47,7 +59,9 @@ class _Sequence:
     request: GenerationRequest
     sink: Sink
     arrived: float
-    sampler: Any = None
+    index: int = 0  # which choice of its request
+    group: list[_Sequence] = field(default_factory=list)  # all choices of the request
+    sampler: Sampler | None = None
     slot: _Slot | None = None
     prefilled: int = 0  # prompt tokens whose KV is in the slot
     pending: int | None = None  # sampled token not yet decoded
@@ -55,6 +69,13 @@ class _Sequence:
     held: str = ""  # text held back because it may be the start of a stop string
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     first_output_sent: bool = False
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet sent
+    finished: bool = False
+
+    @property
+    def follower(self) -> bool:
+        """A choice that takes its prompt KV from the group's first sequence."""
+        return self.index > 0
 
 
 @dataclass
@@ -128,7 +149,7 @@ class LlamaCppEngine:
         self.slots = slots
         self.batch_size = batch_size
         self._batch = llama_cpp.llama_batch_init(batch_size, 0, 1)
-        self._piece_buf = ctypes.create_string_buffer(256)
+        self._v = Vocabulary(llama_cpp, self._vocab, self.n_vocab)
 
         template_src = llama_cpp.llama_model_chat_template(model, None)
         self._template = (
@@ -150,6 +171,7 @@ class LlamaCppEngine:
         self._kv_used = 0
         self._prefix_queries = 0
         self._prefix_hits = 0
+        self._decode_failures = 0
         self._alive = True
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="llamacpp-engine", daemon=True)
@@ -161,13 +183,15 @@ class LlamaCppEngine:
     def alive(self) -> bool:
         return self._alive and self._thread.is_alive()
 
-    def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
+    def apply_chat_template(
+        self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True
+    ) -> str:
         if self._template is None:
             raise InvalidRequestError(
                 "This model has no chat template; use /v1/completions with a plain prompt",
                 param="messages",
             )
-        return self._template.render(messages)
+        return self._template.render(messages, add_generation_prompt=add_generation_prompt)
 
     def tokenize(self, text: str, *, add_special: bool) -> list[int]:
         data = text.encode("utf-8")
@@ -186,6 +210,21 @@ class LlamaCppEngine:
             tokens = tokens[1:]
         return tokens
 
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", "replace")
+
+    def token_bytes(self, token: int) -> bytes:
+        """A token's bytes; safe from any thread (its own buffer)."""
+        buf = ctypes.create_string_buffer(64)
+        n = self._ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
+        return buf.raw[:n]
+
+    def check_grammar(self, grammar: str) -> None:
+        self._v.check_grammar(grammar)
+
     def stats(self) -> EngineStats:
         total = self.max_model_len * self.slots
         return EngineStats(
@@ -199,6 +238,12 @@ class LlamaCppEngine:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationOutput]:
         if not self.alive:
             raise EngineDead("the engine loop has stopped")
+        if request.n > self.slots:
+            raise InvalidRequestError(
+                f"n={request.n} is more than this server's {self.slots} parallel slots; "
+                "lower n or start the server with a larger --parallel (ARCHON_PARALLEL)",
+                param="n",
+            )
         loop = asyncio.get_running_loop()
         outputs: asyncio.Queue[GenerationOutput | BaseException] = asyncio.Queue()
 
@@ -208,33 +253,36 @@ class LlamaCppEngine:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(outputs.put_nowait, item)
 
-        seq = _Sequence(request=request, sink=sink, arrived=time.monotonic())
-        self._inbox.put(("add", seq))
-        finished = False
+        arrived = time.monotonic()
+        group: list[_Sequence] = []
+        for i in range(request.n):
+            group.append(_Sequence(request=request, sink=sink, arrived=arrived, index=i))
+        for seq in group:
+            seq.group = group
+        self._inbox.put(("add", group))
+        open_choices = request.n
         try:
-            while True:
+            while open_choices:
                 if outputs.empty():
                     try:
                         # Wake up now and then: an engine that died cannot answer any more.
                         item = await asyncio.wait_for(outputs.get(), timeout=1.0)
                     except TimeoutError:
                         if not self.alive:
-                            finished = True
+                            open_choices = 0
                             raise EngineDead("the engine loop has stopped") from None
                         continue
                 else:
                     item = outputs.get_nowait()
                 if isinstance(item, BaseException):
-                    finished = True
+                    open_choices = 0
                     raise item
                 if item.finish_reason is not None:
-                    finished = True
+                    open_choices -= 1
                 yield item
-                if finished:
-                    return
         finally:
-            if not finished:
-                # The client went away (or the caller stopped reading): free the slot now.
+            if open_choices:
+                # The client went away (or the caller stopped reading): free the slots now.
                 self._inbox.put(("abort", request.request_id))
 
     def close(self) -> None:
@@ -247,7 +295,7 @@ class LlamaCppEngine:
             return  # still decoding; leave the native objects to process exit
         for slot in self._slots:
             if slot.active is not None and slot.active.sampler:
-                self._ll.llama_sampler_free(slot.active.sampler)
+                slot.active.sampler.free()
         self._ll.llama_batch_free(self._batch)
         self._ll.llama_free(self._ctx)
         self._ll.llama_model_free(self._model)
@@ -255,18 +303,7 @@ class LlamaCppEngine:
     # ---- engine thread ----
 
     def _token_text(self, token: int) -> str:
-        return self._piece(token, special=True).decode("utf-8", "replace")
-
-    def _piece(self, token: int, *, special: bool = False) -> bytes:
-        n = self._ll.llama_token_to_piece(
-            self._vocab, token, self._piece_buf, len(self._piece_buf), 0, special
-        )
-        if n < 0:
-            self._piece_buf = ctypes.create_string_buffer(-n)
-            n = self._ll.llama_token_to_piece(
-                self._vocab, token, self._piece_buf, len(self._piece_buf), 0, special
-            )
-        return self._piece_buf.raw[:n]
+        return self._v.token_bytes(token, special=True).decode("utf-8", "replace")
 
     def _loop(self) -> None:
         try:
@@ -274,14 +311,22 @@ class LlamaCppEngine:
                 self._drain_inbox(block=not self._has_work())
                 self._admit()
                 if any(s.active is not None for s in self._slots):
-                    self._step()
+                    try:
+                        self._step()
+                    except _ContextDead:
+                        raise
+                    except Exception as exc:  # a bug in building the batch: fail its requests
+                        self._recover(exc, [s.active for s in self._slots if s.active])
                 self._update_gauges()
         except BaseException as exc:  # the loop must never die silently
             log.exception("engine loop died")
             self._alive = False
             dead = EngineDead(f"the engine loop has stopped: {exc}")
-            for seq in [*self._waiting, *(s.active for s in self._slots if s.active)]:
-                seq.sink(dead)
+            for group in self._waiting:
+                group[0].sink(dead)
+            for slot in self._slots:
+                if slot.active is not None:
+                    slot.active.sink(dead)
             self._drain_and_fail(dead)
 
     def _drain_and_fail(self, dead: EngineDead) -> None:
@@ -291,7 +336,7 @@ class LlamaCppEngine:
             except queue.Empty:
                 return
             if kind == "add":
-                payload.sink(dead)
+                payload[0].sink(dead)
 
     def _has_work(self) -> bool:
         return bool(self._waiting) or any(s.active is not None for s in self._slots)
@@ -309,69 +354,69 @@ class LlamaCppEngine:
                 self._abort(payload)
 
     def _abort(self, request_id: str) -> None:
-        for seq in list(self._waiting):
-            if seq.request.request_id == request_id:
-                self._waiting.remove(seq)
-                seq.sink(GenerationOutput("", 0, "abort", queued_s=None))
+        for group in list(self._waiting):
+            if group[0].request.request_id == request_id:
+                self._waiting.remove(group)
+                for seq in group:
+                    seq.sink(GenerationOutput("", 0, "abort", index=seq.index))
                 return
         for slot in self._slots:
             seq = slot.active
             if seq is not None and seq.request.request_id == request_id:
                 self._finish(seq, "abort")
-                return
+
+    def _fail(self, seq: _Sequence, exc: BaseException) -> None:
+        """Fail one request (every choice of it) and free its slots; the loop goes on."""
+        if not isinstance(exc, ArchonError):
+            log.error("request %s failed in the engine", seq.request.request_id, exc_info=exc)
+            exc = InternalError(f"the engine failed on this request: {type(exc).__name__}")
+        reported = False
+        for member in seq.group or [seq]:
+            if member.slot is not None or not member.finished:
+                self._release(member)
+            if not reported:
+                member.sink(exc)  # the request's one consumer gets the error once
+                reported = True
 
     def _admit(self) -> None:
         while self._waiting:
+            group = self._waiting[0]
             free = [s for s in self._slots if s.active is None]
-            if not free:
-                return
-            seq = self._waiting.popleft()
-            prompt = seq.request.prompt_tokens
+            if len(free) < len(group):
+                return  # a request's choices start together, on slots free at the same time
+            self._waiting.popleft()
+            try:
+                self._admit_group(group, free)
+            except Exception as exc:
+                self._fail(group[0], exc)
 
-            slot = max(free, key=lambda s: (_shared_prefix(s.cached, prompt), -s.last_used))
-            # Keep at least one prompt token to evaluate, for the logits of the first output.
-            keep = min(_shared_prefix(slot.cached, prompt), len(prompt) - 1)
-            if keep < len(slot.cached):
-                if not self._ll.llama_memory_seq_rm(self._mem, slot.seq_id, keep, -1):
-                    self._ll.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
-                    keep = 0
-                del slot.cached[keep:]
-            self._prefix_queries += len(prompt)
-            self._prefix_hits += keep
+    def _admit_group(self, group: list[_Sequence], free: list[_Slot]) -> None:
+        prompt = group[0].request.prompt_tokens
+        first = max(free, key=lambda s: (_shared_prefix(s.cached, prompt), -s.last_used))
+        others = sorted((s for s in free if s is not first), key=lambda s: s.last_used)
+        # Keep at least one prompt token to evaluate, for the logits of the first output.
+        keep = min(_shared_prefix(first.cached, prompt), len(prompt) - 1)
+        if keep < len(first.cached):
+            if not self._ll.llama_memory_seq_rm(self._mem, first.seq_id, keep, -1):
+                self._ll.llama_memory_seq_rm(self._mem, first.seq_id, -1, -1)
+                keep = 0
+            del first.cached[keep:]
+        self._prefix_queries += len(prompt)
+        self._prefix_hits += keep
+        now = time.monotonic()
+        for seq, slot in zip(group, [first, *others], strict=False):
+            seq.sampler = Sampler(self._v, seq.request.params, seed_offset=seq.index)
+            seq.sampler.accept_prompt(prompt)
             seq.slot = slot
-            seq.prefilled = keep
-            seq.sampler = self._make_sampler(seq.request.params)
             slot.active = seq
-            slot.last_used = time.monotonic()
-
-    def _make_sampler(self, p: SamplingParams) -> Any:
-        ll = self._ll
-        chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
-        if p.repetition_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
-            ll.llama_sampler_chain_add(
-                chain,
-                ll.llama_sampler_init_penalties(
-                    64, p.repetition_penalty, p.frequency_penalty, p.presence_penalty
-                ),
-            )
-        if p.temperature <= 0.0:
-            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
-            return chain
-        if p.top_k > 0:
-            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_k(p.top_k))
-        if p.top_p < 1.0:
-            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_p(p.top_p, 1))
-        if p.min_p > 0.0:
-            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_min_p(p.min_p, 1))
-        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_temp(p.temperature))
-        seed = p.seed if p.seed is not None else random.getrandbits(32)
-        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-        return chain
+            slot.last_used = now
+        group[0].prefilled = keep
 
     def _step(self) -> None:
         batch = self._batch
         n = 0
         to_sample: list[tuple[_Sequence, int]] = []
+        in_batch: list[_Sequence] = []
 
         def add(token: int, pos: int, seq_id: int, logits: bool) -> None:
             nonlocal n
@@ -392,10 +437,11 @@ class LlamaCppEngine:
                 slot.cached.append(seq.pending)
                 seq.pending = None
                 to_sample.append((seq, n - 1))
+                in_batch.append(seq)
         # Then prompt chunks, oldest request first, within what is left of the batch.
         for seq in sorted(active, key=lambda s: s.arrived):
             prompt = seq.request.prompt_tokens
-            if seq.prefilled >= len(prompt) or seq.pending is not None:
+            if seq.follower or seq.prefilled >= len(prompt) or seq.pending is not None:
                 continue
             room = self.batch_size - n
             if room <= 0:
@@ -407,6 +453,7 @@ class LlamaCppEngine:
                 add(prompt[i], i, slot.seq_id, i == len(prompt) - 1)
             slot.cached.extend(prompt[seq.prefilled : end])
             seq.prefilled = end
+            in_batch.append(seq)
             if end == len(prompt):
                 to_sample.append((seq, n - 1))
         if n == 0:
@@ -414,20 +461,64 @@ class LlamaCppEngine:
         batch.n_tokens = n
         rc = self._ll.llama_decode(self._ctx, batch)
         if rc != 0:
-            raise RuntimeError(f"llama_decode returned {rc}")
+            self._recover(InternalError(f"llama.cpp failed to decode (code {rc})"), in_batch)
+            return
+        self._decode_failures = 0
         for seq, index in to_sample:
             if seq.slot is None:
                 continue
-            token = self._ll.llama_sampler_sample(seq.sampler, self._ctx, index)
+            if seq.index == 0 and seq.prefilled == len(seq.request.prompt_tokens):
+                self._start_followers(seq, index)
+            self._sample(seq, index)
+
+    def _start_followers(self, first: _Sequence, index: int) -> None:
+        """The prompt of a group is evaluated: give every other choice the same KV."""
+        for seq in first.group[1:]:
+            if seq.slot is None or seq.prefilled:
+                continue
+            assert first.slot is not None
+            # Slots live in separate KV streams: -1, -1 copies the whole stream (the only
+            # cross-stream copy llama.cpp supports), done before the next decode.
+            self._ll.llama_memory_seq_cp(self._mem, first.slot.seq_id, seq.slot.seq_id, -1, -1)
+            seq.slot.cached = list(first.slot.cached)
+            seq.prefilled = len(seq.request.prompt_tokens)
+            self._prefix_hits += seq.prefilled
+            self._prefix_queries += seq.prefilled
+            self._sample(seq, index)
+
+    def _sample(self, seq: _Sequence, index: int) -> None:
+        try:
+            assert seq.sampler is not None
+            token, logprob = seq.sampler.sample(self._ctx, index)
+            if logprob is not None:
+                seq.logprobs.append(logprob)
             self._on_token(seq, token)
+        except Exception as exc:
+            self._fail(seq, exc)
+
+    def _recover(self, exc: Exception, seqs: list[_Sequence]) -> None:
+        """A step failed: fail the requests in it, drop their KV, and go on serving."""
+        self._decode_failures += 1
+        log.error("engine step failed (%d in a row): %s", self._decode_failures, exc)
+        if self._decode_failures >= DEAD_AFTER_DECODE_FAILURES:
+            raise _ContextDead(f"{self._decode_failures} engine steps failed in a row: {exc}")
+        for seq in seqs:
+            if seq.slot is not None:
+                # What this step wrote to the slot is unknown: drop it.
+                self._ll.llama_memory_seq_rm(self._mem, seq.slot.seq_id, -1, -1)
+                seq.slot.cached.clear()
+            if not seq.finished:
+                self._fail(seq, exc)
 
     def _on_token(self, seq: _Sequence, token: int) -> None:
         params = seq.request.params
         seq.generated += 1
-        if not params.ignore_eos and self._ll.llama_vocab_is_eog(self._vocab, token):
+        # A grammar's end is an end-of-generation token: ignore_eos cannot go past it.
+        eog = self._ll.llama_vocab_is_eog(self._vocab, token)
+        if eog and (not params.ignore_eos or params.grammar is not None):
             self._finish(seq, "stop")
             return
-        seq.held += seq.decoder.decode(self._piece(token))
+        seq.held += seq.decoder.decode(self._v.token_bytes(token))
         text, finish = self._split_stop(seq, params.stop)
         if finish is None and seq.generated >= params.max_tokens:
             finish = "length"
@@ -439,7 +530,7 @@ class LlamaCppEngine:
             self._finish(seq, finish, text)
             return
         seq.pending = token
-        if text:
+        if text or seq.logprobs:
             self._emit(seq, text, None)
 
     @staticmethod
@@ -467,7 +558,19 @@ class LlamaCppEngine:
         if not seq.first_output_sent:
             seq.first_output_sent = True
             queued = max(0.0, seq.slot.last_used - seq.arrived) if seq.slot else None
-        seq.sink(GenerationOutput(text, seq.generated, finish, queued_s=queued))  # type: ignore[arg-type]
+        logprobs = None
+        if seq.request.params.logprobs is not None:
+            logprobs, seq.logprobs = seq.logprobs, []
+        seq.sink(
+            GenerationOutput(
+                text,
+                seq.generated,
+                finish,  # type: ignore[arg-type]
+                queued_s=queued,
+                index=seq.index,
+                logprobs=logprobs,
+            )
+        )
 
     def _finish(self, seq: _Sequence, reason: str, text: str = "") -> None:
         # Text held back as a possible stop string that never completed is ordinary output.
@@ -475,20 +578,29 @@ class LlamaCppEngine:
         text += seq.held + seq.decoder.decode(b"", final=True)
         seq.held = ""
         self._emit(seq, text, reason)
+        self._release(seq)
+
+    def _release(self, seq: _Sequence) -> None:
+        seq.finished = True
         slot = seq.slot
         if slot is not None:
             slot.active = None
             slot.last_used = time.monotonic()
         seq.slot = None
-        if seq.sampler:
-            self._ll.llama_sampler_free(seq.sampler)
+        seq.pending = None
+        if seq.sampler is not None:
+            seq.sampler.free()
             seq.sampler = None
 
     def _update_gauges(self) -> None:
         active = [s for s in self._slots if s.active is not None]
         self._running = len(active)
-        self._waiting_count = len(self._waiting)
+        self._waiting_count = sum(len(g) for g in self._waiting)
         self._kv_used = sum(len(s.cached) for s in active)
+
+
+class _ContextDead(RuntimeError):
+    """The llama.cpp context keeps failing: the engine cannot serve any more."""
 
 
 def _shared_prefix(a: list[int], b: list[int]) -> int:

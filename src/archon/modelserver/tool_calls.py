@@ -1,0 +1,170 @@
+"""Tool calling on models whose chat template does not render tools (the generic format).
+
+The tools are described in the system message, and the answer is constrained by a grammar to
+one JSON object: ``{"tool_calls": [{"name": ..., "arguments": {...}}]}`` to call tools, or
+``{"response": "..."}`` to answer in text (llama-server's generic format follows the same idea).
+The grammar is built from each tool's parameter schema, so arguments always validate.
+``tool_choice`` narrows the grammar: ``required`` drops the text answer, a named function keeps
+only that function; ``parallel_tool_calls: false`` allows one call.
+
+Earlier turns are rendered in the same format: an assistant turn with ``tool_calls`` becomes
+that JSON, and a ``tool`` turn becomes a user turn holding ``{"tool_response": ...}``, which
+every chat template can render.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from archon.modelserver.structured_output import grammar_for_schema
+from archon.openai.schemas import ChatCompletionRequest, ChatMessage, NamedToolChoice
+
+_INSTRUCTIONS = (
+    "You can call the following tools. Each is given with a JSON schema of its arguments.\n"
+    "{tools}\n\n"
+    "Reply with one JSON object and nothing else. {choices}"
+)
+_CALL = 'To call tools: {"tool_calls": [{"name": "<tool name>", "arguments": {<arguments>}}]}.'
+_ANSWER = ' To answer without a tool: {"response": "<your answer>"}.'
+
+
+@dataclass(frozen=True)
+class ToolPlan:
+    """How one request's tools shape the prompt and the output."""
+
+    grammar: str
+    instructions: str
+
+
+def plan(req: ChatCompletionRequest) -> ToolPlan | None:
+    """The tool format for this request, or None when its answer is plain text."""
+    if not req.tools or req.tool_choice == "none":
+        return None
+    functions = [t.function for t in req.tools if t.function is not None]
+    if isinstance(req.tool_choice, NamedToolChoice) and req.tool_choice.function is not None:
+        functions = [f for f in functions if f.name == req.tool_choice.function.name]
+    calls: dict[str, Any] = {
+        "type": "array",
+        "minItems": 1,
+        "items": {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "properties": {
+                        "name": {"const": f.name},
+                        "arguments": f.parameters or {"type": "object"},
+                    },
+                    "required": ["name", "arguments"],
+                }
+                for f in functions
+            ]
+        },
+    }
+    if req.parallel_tool_calls is False:
+        calls["maxItems"] = 1
+    call_object = {
+        "type": "object",
+        "properties": {"tool_calls": calls},
+        "required": ["tool_calls"],
+    }
+    text_allowed = req.tool_choice in (None, "auto")
+    schema: dict[str, Any] = call_object
+    if text_allowed:
+        answer = {
+            "type": "object",
+            "properties": {"response": {"type": "string"}},
+            "required": ["response"],
+        }
+        schema = {"anyOf": [call_object, answer]}
+    described = json.dumps(
+        [
+            {
+                "name": f.name,
+                "description": f.description or "",
+                "parameters": f.parameters or {"type": "object"},
+            }
+            for f in functions
+        ],
+        ensure_ascii=False,
+    )
+    instructions = _INSTRUCTIONS.format(
+        tools=described, choices=_CALL + (_ANSWER if text_allowed else "")
+    )
+    return ToolPlan(grammar_for_schema(schema, param="tools"), instructions)
+
+
+def render_messages(
+    messages: list[ChatMessage], texts: list[str], tool_plan: ToolPlan | None
+) -> list[dict[str, Any]]:
+    """Messages as the chat template takes them: plain strings, tool turns in the generic form."""
+    names = {
+        call.id: call.function.name
+        for m in messages
+        for call in m.tool_calls or []
+        if call.function is not None
+    }
+    out: list[dict[str, Any]] = []
+    for message, text in zip(messages, texts, strict=True):
+        role = "system" if message.role == "developer" else message.role
+        if role == "assistant" and message.tool_calls:
+            calls = [
+                {"name": c.function.name, "arguments": _arguments(c.function.arguments)}
+                for c in message.tool_calls
+                if c.function is not None
+            ]
+            out.append({"role": "assistant", "content": json.dumps({"tool_calls": calls})})
+        elif role == "tool":
+            response = {"name": names.get(message.tool_call_id or ""), "content": text}
+            out.append({"role": "user", "content": json.dumps({"tool_response": response})})
+        else:
+            out.append({"role": role, "content": text})
+    if tool_plan is not None:
+        if out and out[0]["role"] == "system":
+            out[0] = {**out[0], "content": f"{out[0]['content']}\n\n{tool_plan.instructions}"}
+        else:
+            out.insert(0, {"role": "system", "content": tool_plan.instructions})
+    return out
+
+
+@dataclass
+class ParsedAnswer:
+    content: str | None
+    tool_calls: list[dict[str, Any]] | None
+
+
+def parse(text: str) -> ParsedAnswer:
+    """The model's constrained answer as OpenAI's message fields.
+
+    A cut-off answer (finish_reason ``length``) is not valid JSON; it is returned as text.
+    """
+    try:
+        data = json.loads(text, strict=False)
+    except ValueError:
+        return ParsedAnswer(text, None)
+    if isinstance(data, dict) and isinstance(data.get("tool_calls"), list):
+        calls = [
+            {
+                "id": f"call_{uuid.uuid4().hex[:24]}",
+                "type": "function",
+                "function": {
+                    "name": call.get("name", ""),
+                    "arguments": json.dumps(call.get("arguments", {}), ensure_ascii=False),
+                },
+            }
+            for call in data["tool_calls"]
+            if isinstance(call, dict)
+        ]
+        return ParsedAnswer(None, calls)
+    if isinstance(data, dict) and isinstance(data.get("response"), str):
+        return ParsedAnswer(data["response"], None)
+    return ParsedAnswer(text, None)
+
+
+def _arguments(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
