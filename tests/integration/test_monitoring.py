@@ -80,6 +80,10 @@ def test_the_guides_four_alerts_are_there() -> None:
     assert "CrashLoopBackOff" in exprs["ArchonModelServerCrashLooping"]
     assert "DCGM_FI_DEV_FB_USED" in exprs["ArchonGPUMemoryExhausted"]
     assert "OOMKilled" in exprs["ArchonGPUMemoryExhausted"]
+    memory = exprs["ArchonPodMemoryNearLimit"]
+    assert "container_memory_working_set_bytes" in memory
+    assert 'resource="memory"' in memory
+    assert 'condition="ReplicaFailure"' in exprs["ArchonDeploymentReplicaFailure"]
     latency = exprs["ArchonHighRequestLatency"]
     assert "vllm:e2e_request_latency_seconds_bucket" in latency and "> 30" in latency
 
@@ -285,6 +289,8 @@ def test_dashboard_covers_what_operators_look_at() -> None:
         "DCGM_FI_DEV_FB_USED",
         "DCGM_FI_DEV_GPU_TEMP",
         "kube_pod_container_status_restarts_total",
+        "container_memory_working_set_bytes",  # the guide's "pod memory vs limits"
+        "kube_pod_container_resource_limits",
         "archon_agent_requests_total",
         "archon_agent_request_duration_seconds",
         "archon_agent_time_to_first_token_seconds",
