@@ -398,3 +398,47 @@ def test_knowledge_base_bundle_agrees_with_the_code() -> None:
     )
     assert config["data"]["qdrant"] == "http://qdrant:6333"
     find(server_mode, "StatefulSet", "qdrant")
+
+
+def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = doc.get("spec", {})
+    if doc["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    if doc["kind"] == "Task":
+        return spec["steps"]
+    pod = spec.get("template", {}).get("spec", {})
+    return [*pod.get("initContainers", []), *pod.get("containers", [])]
+
+
+@pytest.mark.parametrize(
+    "path", [*KUSTOMIZATIONS, "manifests/knowledge-base", "manifests/overlays/kb-qdrant"]
+)
+def test_pinned_images_are_pulled_if_not_present(path: str) -> None:
+    """A pinned tag never changes: IfNotPresent lets an image loaded into kind/k3s be used
+    (Always would make the kubelet ask a registry that may not have it)."""
+    for doc in kustomize(ROOT / path):
+        for container in _containers(doc):
+            image = container["image"]
+            assert re.search(r":v?\d+\.\d+", image) and not image.endswith(":latest"), image
+            assert container.get("imagePullPolicy") == "IfNotPresent", (doc["kind"], image)
+
+
+def test_a_first_download_is_no_failed_rollout() -> None:
+    """ArgoCD reports a Deployment Degraded once its progress deadline passes: the deadline must
+    cover the first download (the guide: 15-30 min) plus the startup probe's loading budget."""
+    for path in ("manifests/model-server", "manifests/overlays/cpu"):
+        deployment = find(kustomize(ROOT / path), "Deployment", "vllm")
+        (server,) = deployment["spec"]["template"]["spec"]["containers"]
+        probe = server["startupProbe"]
+        loading = probe["periodSeconds"] * probe["failureThreshold"]
+        download = 30 * 60
+        assert deployment["spec"]["progressDeadlineSeconds"] >= download + loading, path
+
+
+def test_the_gpu_pod_tolerates_the_usual_gpu_node_taint() -> None:
+    from archon.ops.doctor.scope import tolerates
+
+    deployment = find(kustomize(ROOT / "manifests/model-server"), "Deployment", "vllm")
+    pod = {"spec": deployment["spec"]["template"]["spec"]}
+    assert tolerates(pod, {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"})
+    assert not tolerates(pod, {"key": "dedicated", "value": "db", "effect": "NoSchedule"})
