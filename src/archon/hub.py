@@ -89,14 +89,37 @@ def cached_file(repo_id: str, revision: str, filename: str) -> Path | None:
 
 
 def _refused(reference: str, response: httpx.Response, what: str) -> ModelReferenceError:
+    """Name the fix a refusal needs. The hub's X-Error-Code tells what the status does not:
+    without a token it answers 401 (not 404) for a repository that does not exist, exactly as
+    for a private one (huggingface/datasets#4472; huggingface_hub reads such a 401 as
+    RepositoryNotFound), so a 401 is a typo far more often than a missing token."""
+    code = response.headers.get("x-error-code") or ""
+    message = response.headers.get("x-error-message") or ""
+    status = f"HTTP {response.status_code}{' ' + code if code else ''}"
+    token = bool(auth_headers())
+    if code == "GatedRepo":
+        return ModelReferenceError(
+            f"llm_model {reference!r}: a gated repository ({status} for {what}); accept its "
+            "conditions on the hub, then "
+            + ("use a token of that account in HF_TOKEN" if token else "set HF_TOKEN")
+        )
+    if response.status_code == 401 and message == "Invalid credentials in Authorization header":
+        return ModelReferenceError(
+            f"llm_model {reference!r}: the hub rejected HF_TOKEN ({status}); set a valid token"
+        )
+    if response.status_code == 401 and not token:
+        return ModelReferenceError(
+            f"llm_model {reference!r}: not found on the hub ({status} for {what}: without a "
+            "token the hub answers 401 for a repository that does not exist and for a private "
+            "one alike); check the repository name, or set HF_TOKEN if it is private"
+        )
     if response.status_code in (401, 403):
         return ModelReferenceError(
-            f"llm_model {reference!r}: the hub refused access (HTTP {response.status_code}); "
-            "the repository may be gated or private: set HF_TOKEN"
+            f"llm_model {reference!r}: the hub refused access ({status} for {what}) with the "
+            "HF_TOKEN given; check the name, and that the token's account may read it"
         )
-    code = response.headers.get("x-error-code") or f"HTTP {response.status_code}"
     return ModelReferenceError(
-        f"llm_model {reference!r}: not found on the hub ({code} for {what}); "
+        f"llm_model {reference!r}: not found on the hub ({status} for {what}); "
         "check the repository and file name"
     )
 

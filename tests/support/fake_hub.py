@@ -33,6 +33,8 @@ class FakeHub:
     bytes_per_s: float = 0.0
     drop_after: int | None = None  # close the first GET after this many bytes
     ranges: list[str | None] = field(default_factory=list)
+    gated: set[str] = field(default_factory=set)  # "org/repo" behind accepted conditions
+    granted: set[str] = field(default_factory=set)  # Authorization headers that accepted them
     server: ThreadingHTTPServer | None = None
 
     @property
@@ -83,9 +85,25 @@ class FakeHub:
                     for key, f in hub.files.items()
                     if key.startswith(prefix)
                 ]
+                if repo in hub.gated and self.headers.get("Authorization") not in hub.granted:
+                    # 401 without a token, 403 with one that has not accepted the conditions.
+                    self.send_response(403 if self.headers.get("Authorization") else 401)
+                    self.send_header("X-Error-Code", "GatedRepo")
+                    self.send_header(
+                        "X-Error-Message",
+                        f"Access to model {repo} is restricted and you are not in the "
+                        "authorized list.",
+                    )
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if not siblings:
-                    self.send_response(404)
+                    # As huggingface.co answers: 401 without a token (a missing and a private
+                    # repository look the same), 404 with one.
+                    self.send_response(404 if self.headers.get("Authorization") else 401)
                     self.send_header("X-Error-Code", "RepoNotFound")
+                    self.send_header("X-Error-Message", "Repository not found")
+                    self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
                 body = json.dumps({"id": repo, "sha": COMMIT, "siblings": siblings}).encode()
