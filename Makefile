@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 HOST ?= 127.0.0.1
 
-.PHONY: install run test lint bench bench-agent clean vllm-venv checkov-venv litellm-venv test-vllm
+.PHONY: install run test lint bench bench-agent clean vllm-venv checkov-venv litellm-venv test-vllm image
 
 $(STAMP): pyproject.toml scripts/install-system-deps.sh
 	bash scripts/install-system-deps.sh
@@ -38,6 +38,12 @@ checkov-venv:
 ## Only the real-vLLM test.
 test-vllm: $(STAMP) vllm-venv
 	$(BIN)/python -m pytest -q tests/integration/test_vllm_engine.py
+
+## The `archon` image, built with podman on a Debian bookworm base made by mmdebstrap (no image
+## registry needed; wheels from pip's cache), then run as the manifests run it.
+image: $(STAMP)
+	bash scripts/build-image.sh
+	$(BIN)/python -m pytest -q tests/integration/test_image.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
