@@ -118,8 +118,9 @@ class CompletionService:
         engine = self.runtime.require_engine()
         prompts: list[list[int]] = []
         echo: list[str] = []
-        for i, prompt in enumerate(req.prompts()):
-            param = "prompt" if isinstance(req.prompt, str) else f"prompt[{i}]"
+        all_prompts = req.prompts()
+        for i, prompt in enumerate(all_prompts):
+            param = "prompt" if len(all_prompts) == 1 else f"prompt[{i}]"
             if isinstance(prompt, list):
                 bad = [t for t in prompt if t < 0 or t >= engine.n_vocab]
                 if bad:

@@ -275,6 +275,11 @@ class ChatCompletionRequest(SamplingFields):
 
     def _check_tools(self) -> None:
         for i, tool in enumerate(self.tools or []):
+            if tool.type == "function" and tool.function is None:
+                raise InvalidRequestError(
+                    "A tool of type 'function' needs a 'function' object",
+                    param=f"tools[{i}].function",
+                )
             if tool.type != "function" or tool.function is None:
                 raise InvalidRequestError(
                     f"Only tools of type 'function' are supported, not '{tool.type}'",
