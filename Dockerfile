@@ -7,6 +7,7 @@
 #
 # BASE: any Debian bookworm image with Python 3.11 (python3, python3-venv). The default is the
 # public one; `make image` passes a local one, so no image registry is needed.
+# checkov:skip=CKV_DOCKER_7:FROM ${BASE} is the pinned python:3.11-slim-bookworm unless a local base is passed
 ARG BASE=python:3.11-slim-bookworm
 
 FROM ${BASE} AS build

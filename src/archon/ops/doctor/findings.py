@@ -10,7 +10,7 @@ Severity = Literal["error", "warning"]
 
 @dataclass
 class Finding:
-    check: str  # prerequisites | pending | crashloop | slow-loading | latency
+    check: str  # prerequisites | pending | crashloop | slow-loading | latency | access
     severity: Severity
     title: str
     fix: str
