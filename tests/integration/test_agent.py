@@ -141,6 +141,12 @@ def test_bad_requests_get_openai_shaped_4xx(agent: Server) -> None:
         (json.dumps({"model": MODEL, "messages": []}).encode(), 400, "messages"),
         (json.dumps({"model": "gpt-9", "messages": ask()}).encode(), 404, "model"),
         (b'{"messages": [' + b'{"role":"user","content":"xx"},' * 40000 + b"]}", 413, None),
+        (b"[" * 5000 + b"]" * 5000, 400, None),
+        (b'{"model": "m", "messages": [{"role": "user", "content": "\\ud800"}]}', 400, None),
+        (b'{"model": "m", "messages": [], "temperature": NaN}', 400, None),
+        (b'{"model": "m", "messages": [], "temperature": Infinity}', 400, None),
+        (b'{"a":' * 100 + b"1" + b"}" * 100, 400, None),
+        (json.dumps({"model": MODEL, "messages": ask(), "stream": "yes"}).encode(), 400, "stream"),
     ]
     for body, status, param in cases:
         resp = httpx.post(url, content=body, timeout=60)

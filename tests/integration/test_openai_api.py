@@ -322,6 +322,18 @@ MSG = [{"role": "user", "content": "hi"}]
 
 BAD_REQUESTS = [
     ("malformed json", CHAT, b'{"model": "x", "messages": [', 400, None, None),
+    ("5000 nested arrays", CHAT, b"[" * 5000 + b"]" * 5000, 400, None, None),
+    ("100 nested objects", CHAT, b'{"a":' * 100 + b"1" + b"}" * 100, 400, None, None),
+    (
+        "lone surrogate",
+        CHAT,
+        b'{"model": "m", "messages": [{"role": "user", "content": "\\ud800"}]}',
+        400,
+        None,
+        None,
+    ),
+    ("NaN", COMP, b'{"model": "m", "prompt": "a", "temperature": NaN}', 400, None, None),
+    ("Infinity", COMP, b'{"model": "m", "prompt": "a", "top_p": -Infinity}', 400, None, None),
     ("not an object", CHAT, [1, 2], 400, None, None),
     ("messages wrong type", CHAT, {"model": MODEL, "messages": "hi"}, 400, "messages", None),
     ("messages empty", CHAT, {"model": MODEL, "messages": []}, 400, "messages", None),
