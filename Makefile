@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.installed
 
 HOST ?= 127.0.0.1
 
-.PHONY: install run test lint bench bench-agent clean vllm-venv checkov-venv litellm-venv test-vllm llama-server image
+.PHONY: install run test lint bench bench-agent clean vllm-venv checkov-venv litellm-venv test-vllm \
+        test-spec-long llama-server image
 
 $(STAMP): pyproject.toml scripts/install-system-deps.sh
 	bash scripts/install-system-deps.sh
@@ -49,6 +50,12 @@ test-vllm: $(STAMP) vllm-venv
 image: $(STAMP)
 	bash scripts/build-image.sh
 	$(BIN)/python -m pytest -q tests/integration/test_image.py
+
+## The OpenAI-spec property test with more examples (default 500 per endpoint, ~30 min on 2
+## cores); writes its result to docs/benchmarks.md ("OpenAI spec conformance").
+test-spec-long: $(STAMP)
+	ARCHON_SPEC_EXAMPLES=$${ARCHON_SPEC_EXAMPLES:-500} ARCHON_SPEC_WRITE=docs/benchmarks.md \
+		$(BIN)/python -m pytest -q -s tests/integration/test_openai_spec.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
