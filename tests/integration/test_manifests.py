@@ -58,6 +58,16 @@ def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict
     return matches[0]
 
 
+def vllm_config(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The generated vllm-config-<hash> ConfigMap (the base also has vllm-start-<hash>)."""
+    (configmap,) = [
+        d
+        for d in docs
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("vllm-config-")
+    ]
+    return configmap
+
+
 def crd_validator(filename: str) -> jsonschema.Draft202012Validator:
     common = yaml.safe_load((CRDS / "common.yaml").read_text())
     schema = {**yaml.safe_load((CRDS / filename).read_text()), "$id": filename}
@@ -127,8 +137,10 @@ def test_base_matches_the_operations_guide() -> None:
         assert vllm[probe]["httpGet"]["path"] == "/health"
     startup = vllm["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
-    assert [c["name"] for c in pod["initContainers"]] == ["model-pull", "preflight"]
-    assert pod["initContainers"][0]["args"] == ["model", "pull"]
+    # The download runs in the vllm container (tests/integration/test_vllm_start.py), where
+    # the guide's `kubectl logs -l app=vllm -f` looks; preflight only sizes the model.
+    assert [c["name"] for c in pod["initContainers"]] == ["preflight"]
+    assert "--no-pull" in pod["initContainers"][0]["args"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     for container in [*pod["initContainers"], vllm]:
         sc = container["securityContext"]
@@ -164,7 +176,7 @@ def test_editing_llm_model_changes_the_pod_template(tmp_path: Path) -> None:
     """The guide's model update: a changed ConfigMap alone restarts nothing in Kubernetes."""
     before = _render_with(tmp_path, "Qwen/Qwen2.5-Coder-14B-Instruct-GPTQ-Int4")
     after = _render_with(tmp_path, "Qwen/Qwen2.5-Coder-7B-Instruct-GPTQ-Int4")
-    cm_before, cm_after = find(before, "ConfigMap"), find(after, "ConfigMap")
+    cm_before, cm_after = vllm_config(before), vllm_config(after)
     assert cm_before["metadata"]["name"] != cm_after["metadata"]["name"]
     template_before = find(before, "Deployment")["spec"]["template"]
     template_after = find(after, "Deployment")["spec"]["template"]
@@ -196,6 +208,10 @@ def _pod_env(container: dict[str, Any], configmap: dict[str, Any]) -> dict[str, 
     for item in container.get("env", []):
         if "value" in item:
             env[item["name"]] = item["value"]
+        ref = item.get("valueFrom", {}).get("configMapKeyRef")
+        if ref is not None:
+            assert ref["name"] == configmap["metadata"]["name"]
+            env[item["name"]] = configmap["data"][ref["key"]]
     return env
 
 
@@ -217,9 +233,9 @@ def _flags_to_dict(args: list[str]) -> dict[str, str]:
 def test_the_pod_gives_vllm_the_args_dry_run_builds(tmp_path: Path) -> None:
     """One source of truth: the Deployment's vLLM arguments are what `--dry-run` prints."""
     docs = kustomize(ROOT / "manifests/model-server")
-    configmap = find(docs, "ConfigMap")
+    configmap = vllm_config(docs)
     pod = find(docs, "Deployment", "vllm")["spec"]["template"]["spec"]
-    pull, preflight = pod["initContainers"]
+    (preflight,) = pod["initContainers"]
     (vllm,) = pod["containers"]
 
     # What `--dry-run` builds from the same ConfigMap, in the preflight container's environment.
@@ -234,11 +250,19 @@ def test_the_pod_gives_vllm_the_args_dry_run_builds(tmp_path: Path) -> None:
     entry = dry.index("vllm.entrypoints.openai.api_server")
     dry_args = dry[entry + 1 :]
 
-    # Run the two init containers' commands as the pod would (hub: the stand-in with the real
-    # config.json of the model; GPU: 16 GiB as NVML would report on the guide's card).
-    written_at = preflight["args"][preflight["args"].index("--write-vllm-config") + 1]
-    assert vllm["command"] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
-    assert vllm["args"] == ["--config", written_at]
+    # Run the preflight's command as the pod would (hub: the stand-in with the real config.json
+    # of the model, nothing downloaded; GPU: 16 GiB as NVML would report on the guide's card).
+    flag = "--write-vllm-config="
+    (written_at,) = [a[len(flag) :] for a in preflight["args"] if a.startswith(flag)]
+    assert vllm["command"] == ["python3", "/opt/archon/vllm-start.py"]
+    assert vllm["args"] == [
+        "--",
+        "python3",
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--config",
+        written_at,
+    ]
     mounts = {m["name"]: m["mountPath"] for m in vllm["volumeMounts"]}
     assert Path(written_at).parent == Path(mounts["run-archon"])
 
@@ -246,15 +270,23 @@ def test_the_pod_gives_vllm_the_args_dry_run_builds(tmp_path: Path) -> None:
     try:
         local = tmp_path / "vllm.yaml"
         side = {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "models")}
-        for container, extra in ((pull, {}), (preflight, {"ARCHON_GPU_MEMORY": "16GiB"})):
-            args = [local.as_posix() if a == written_at else a for a in container["args"]]
-            result = subprocess.run(
-                [*ARCHON, *args],
-                capture_output=True,
-                text=True,
-                env={**_clean_env(), **_pod_env(container, configmap), **side, **extra},
-            )
-            assert result.returncode == 0, f"{container['name']}: {result.stderr}"
+        args = [a.replace(written_at, local.as_posix()) for a in preflight["args"]]
+        args = [a.replace("/run/archon/", f"{tmp_path}/") for a in args]
+        result = subprocess.run(
+            [*ARCHON, *args],
+            capture_output=True,
+            text=True,
+            env={
+                **_clean_env(),
+                **_pod_env(preflight, configmap),
+                **side,
+                "ARCHON_GPU_MEMORY": "16GiB",
+            },
+        )
+        assert result.returncode == 0, result.stderr
+        assert "VRAM check passed" in result.stderr
+        assert not (tmp_path / "preflight-failed.json").exists()
+        assert not list((tmp_path / "models").rglob("*.safetensors"))  # sized, not downloaded
     finally:
         hub.stop()
 
@@ -426,13 +458,18 @@ def test_pinned_images_are_pulled_if_not_present(path: str) -> None:
 def test_a_first_download_is_no_failed_rollout() -> None:
     """ArgoCD reports a Deployment Degraded once its progress deadline passes: the deadline must
     cover the first download (the guide: 15-30 min) plus the startup probe's loading budget."""
-    for path in ("manifests/model-server", "manifests/overlays/cpu"):
+    for path, loading in (("manifests/model-server", 15 * 60), ("manifests/overlays/cpu", 0)):
         deployment = find(kustomize(ROOT / path), "Deployment", "vllm")
-        (server,) = deployment["spec"]["template"]["spec"]["containers"]
+        pod = deployment["spec"]["template"]["spec"]
+        # Both engines download in the serving container, after it started: the startup
+        # probe's budget must hold the download and the loading, the deadline that budget.
+        assert [c["name"] for c in pod.get("initContainers", [])] in (["preflight"], []), path
+        (server,) = pod["containers"]
         probe = server["startupProbe"]
-        loading = probe["periodSeconds"] * probe["failureThreshold"]
+        budget = probe["periodSeconds"] * probe["failureThreshold"]
         download = 30 * 60
-        assert deployment["spec"]["progressDeadlineSeconds"] >= download + loading, path
+        assert budget >= download + loading, path
+        assert deployment["spec"]["progressDeadlineSeconds"] >= budget, path
 
 
 def test_the_gpu_pod_tolerates_the_usual_gpu_node_taint() -> None:

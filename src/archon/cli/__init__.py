@@ -63,12 +63,30 @@ def serve(
         Path | None,
         typer.Option(help="vllm: pull and check, then write vLLM's --config file and exit."),
     ] = None,
+    pull: Annotated[
+        bool,
+        typer.Option(
+            help="vllm: download the model first (--no-pull: size it from config.json and the "
+            "safetensors index only; the vllm container downloads it)."
+        ),
+    ] = True,
+    failure_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="vllm, with --write-vllm-config: write a failed check there as JSON "
+            "(exit_code, message) and exit 0, for the vllm container to report and exit with."
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
     """Run the OpenAI-compatible model server: llama.cpp on CPU, or vLLM on a GPU."""
     from archon.errors import ConfigError
 
     _setup_logging(log_level)
+    if failure_file is not None:
+        if write_vllm_config is None:
+            _fail("--failure-file needs --write-vllm-config")
+        failure_file.unlink(missing_ok=True)
     try:
         settings = _settings(
             config,
@@ -84,7 +102,7 @@ def serve(
             },
         )
         if settings.engine == "vllm":
-            _serve_vllm(settings, dry_run=dry_run, write_config=write_vllm_config)
+            _serve_vllm(settings, dry_run=dry_run, write_config=write_vllm_config, pull=pull)
             return
         if dry_run or write_vllm_config:
             _fail("--dry-run and --write-vllm-config apply to --engine vllm only")
@@ -92,12 +110,25 @@ def serve(
 
         model = models.resolve_gguf(settings.llm_model)
     except ConfigError as exc:
+        if failure_file is not None:
+            _write_failure(failure_file, exc)
+            return
         _fail(str(exc), exc.exit_code)
         return
     _serve_llamacpp(settings, model, log_level)
 
 
-def _serve_vllm(settings: Any, *, dry_run: bool, write_config: Path | None) -> None:
+def _write_failure(path: Path, exc: Any) -> None:
+    """A failed preflight check, left for the vllm container to report (its log is the one
+    `kubectl logs -l app=vllm --previous` shows) and exit with."""
+    import json
+
+    typer.echo(f"archon: error: {exc} (reported by the vllm container)", err=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"exit_code": exc.exit_code, "message": str(exc)}))
+
+
+def _serve_vllm(settings: Any, *, dry_run: bool, write_config: Path | None, pull: bool) -> None:
     from archon.errors import ConfigError
     from archon.modelserver import models, sizing
     from archon.modelserver.engines import vllm
@@ -107,12 +138,22 @@ def _serve_vllm(settings: Any, *, dry_run: bool, write_config: Path | None) -> N
         typer.echo(launch.shell())
         return
     log = logging.getLogger("archon.vllm")
+    if not pull and write_config is None:
+        _fail("--no-pull applies to --write-vllm-config (the preflight) only")
     if write_config is None:
         vllm.check_installed(launch)
-    path = models.pull(settings.llm_model, log_interval=settings.download_log_interval)
+    if pull:
+        path = models.pull(settings.llm_model, log_interval=settings.download_log_interval)
+        facts_from: str | None = str(path) if path.is_dir() else None
+    else:
+        # config.json and the safetensors index: from a complete cache, else a few KB from the
+        # hub. The download itself, and naming its failures, is the vllm container's.
+        facts_from = settings.llm_model
     try:
-        facts = sizing.load_facts(str(path)) if path.is_dir() else None
-    except ConfigError as exc:  # sizing is advice; an odd config.json must not block serving
+        facts = sizing.load_facts(facts_from) if facts_from is not None else None
+    except ConfigError as exc:
+        # Sizing is advice: an odd config.json, or a hub the preflight cannot ask, must not
+        # block serving; the vllm container's download names a hub failure precisely.
         log.warning("VRAM check skipped: %s", exc)
         facts = None
     log.info("%s", vllm.preflight(settings, facts))
