@@ -255,9 +255,15 @@ class Progress(threading.Thread):
         n = 0
         for etag, size in self.files.items():
             blob = self.blobs / etag
-            partial = self.blobs / f"{etag}.incomplete"
-            with contextlib.suppress(OSError):
-                n += size if blob.is_file() else partial.stat().st_size
+            if blob.is_file():
+                n += size
+                continue
+            # huggingface_hub < 1 writes <etag>.incomplete (resumed by the next start); newer
+            # releases <etag>.<uuid>.incomplete per process.
+            for partial in self.blobs.glob(f"{etag}*.incomplete"):
+                with contextlib.suppress(OSError):
+                    n += min(partial.stat().st_size, size)
+                break
         return n
 
     def line(self) -> str:

@@ -35,6 +35,7 @@ class FakeHub:
     ranges: list[str | None] = field(default_factory=list)
     gated: set[str] = field(default_factory=set)  # "org/repo" behind accepted conditions
     granted: set[str] = field(default_factory=set)  # Authorization headers that accepted them
+    claimed_sizes: dict[str, int] = field(default_factory=dict)  # "org/repo/file" -> size told
     server: ThreadingHTTPServer | None = None
 
     @property
@@ -76,11 +77,18 @@ class FakeHub:
                 parts = self.path.split("?")[0].split("/")
                 repo = f"{parts[3]}/{parts[4]}"
                 prefix = repo + "/"
+                # As ?blobs=true answers for LFS files: blobId (the pointer's git blob), size,
+                # lfs {sha256, size, pointerSize}.
                 siblings = [
                     {
                         "rfilename": key[len(prefix) :],
-                        "size": len(f.data),
-                        "lfs": {"sha256": f.sha256, "size": len(f.data)},
+                        "blobId": hashlib.sha1(f.sha256.encode()).hexdigest(),
+                        "size": hub.claimed_sizes.get(key, len(f.data)),
+                        "lfs": {
+                            "sha256": f.sha256,
+                            "size": hub.claimed_sizes.get(key, len(f.data)),
+                            "pointerSize": 134,
+                        },
                     }
                     for key, f in hub.files.items()
                     if key.startswith(prefix)
@@ -113,7 +121,33 @@ class FakeHub:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _tree(self) -> None:
+                # /api/models/{org}/{repo}/tree/{rev}[/{path}]?recursive=...: one page, the
+                # shape huggingface.co gives (oid: git blob id; lfs.oid: the sha256).
+                parts = self.path.split("?")[0].split("/")
+                prefix = f"{parts[3]}/{parts[4]}/"
+                entries = [
+                    {
+                        "type": "file",
+                        "oid": hashlib.sha1(f.sha256.encode()).hexdigest(),
+                        "size": len(f.data),
+                        "path": key[len(prefix) :],
+                        "lfs": {"oid": f.sha256, "size": len(f.data), "pointerSize": 134},
+                    }
+                    for key, f in hub.files.items()
+                    if key.startswith(prefix)
+                ]
+                body = json.dumps(entries).encode()
+                self.send_response(200 if entries else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
             def do_GET(self) -> None:
+                if self.path.startswith("/api/models/") and "/tree/" in self.path:
+                    self._tree()
+                    return
                 if self.path.startswith("/api/models/"):
                     self._repo_info()
                     return
