@@ -69,15 +69,17 @@ Repository Not Found for url: https://huggingface.co/api/models/Qwen/Qwen2.5-Cod
 Please make sure you specified the correct `repo_id` and `repo_type`.
 If you are trying to access a private or gated repo, make sure you are authenticated.
 """
-DOWNLOAD_LOG = """2026-11-26 11:50:02,114 INFO archon.hub: downloading Qwen/Qwen2.5-Coder-14B-Instruct-GPTQ-Int4: 12.4% (1.24 GB/9.98 GB) 21.0 MB/s ETA 6m56s
-2026-11-26 11:50:09,551 WARNING archon.hub: download interrupted (ConnectError); resuming (attempt 5/5)
-archon: error: llm_model 'Qwen/Qwen2.5-Coder-14B-Instruct-GPTQ-Int4': the hub at https://huggingface.co is unreachable (ConnectError: [Errno -3] Temporary failure in name resolution); check the network, HF_ENDPOINT or a proxy
+# What the vllm container's entry point (manifests/model-server/vllm-start.py) prints.
+DOWNLOAD_LOG = """downloading Qwen/Qwen2.5-Coder-14B-Instruct-GPTQ-Int4: 12.4% (1.24 GB/9.98 GB) 21.0 MB/s ETA 6m56s
+download interrupted (ConnectError); resuming (attempt 3/3)
+archon: error: llm_model 'Qwen/Qwen2.5-Coder-14B-Instruct-GPTQ-Int4': the hub at https://huggingface.co is unreachable or the transfer kept failing (ConnectError: [Errno -3] Temporary failure in name resolution); check the network, HF_ENDPOINT or a proxy
 """
 ODD_LOG = """INFO 11-26 11:52:10 Starting vLLM API server
 RuntimeError: NCCL error in: /workspace/csrc/nccl_utils.cpp:67, unhandled system error
 """
-PULL_PROGRESS_LOG = """2026-11-26 11:10:00,001 INFO archon.hub: downloading Qwen/Qwen2.5-Coder-14B-Instruct-GPTQ-Int4: 31.0% (3.09 GB/9.98 GB) 2.1 MB/s ETA 54m40s
-2026-11-26 11:59:55,104 INFO archon.hub: downloading Qwen/Qwen2.5-Coder-14B-Instruct-GPTQ-Int4: 61.2% (6.11 GB/9.98 GB) 2.0 MB/s ETA 32m15s
+PULL_PROGRESS_LOG = """downloading Qwen/Qwen2.5-Coder-14B-Instruct-GPTQ-Int4@main (0a1b2c3d4e5f60718293a4b5c6d7e8f901234567): 9 files, 9.98 GB
+downloading Qwen/Qwen2.5-Coder-14B-Instruct-GPTQ-Int4: 31.0% (3.09 GB/9.98 GB) 2.1 MB/s ETA 54m40s
+downloading Qwen/Qwen2.5-Coder-14B-Instruct-GPTQ-Int4: 61.2% (6.11 GB/9.98 GB) 2.0 MB/s ETA 32m15s
 """
 SCHEDULER_GPU = (
     "0/3 nodes are available: 1 Insufficient nvidia.com/gpu, 2 node(s) didn't match Pod's node "
@@ -248,7 +250,7 @@ CASES: dict[str, tuple[Callable[[], k.InMemoryCluster], list[tuple[str, str, str
         [("crashloop", "invalid model name", "Qwen2.5-Coder-14B-Instruct-GPTQ-Int5")],
     ),
     "crashloop-download": (
-        lambda: crashloop("model-pull", 7, DOWNLOAD_LOG),
+        lambda: crashloop("vllm", 7, DOWNLOAD_LOG),
         [("crashloop", "model download failed", "egress")],
     ),
     "crashloop-unknown": (
@@ -259,27 +261,11 @@ CASES: dict[str, tuple[Callable[[], k.InMemoryCluster], list[tuple[str, str, str
         lambda: cluster(
             {
                 "pods": [
-                    k.pod(
-                        phase="Pending",
-                        ready=False,
-                        age_minutes=50,
-                        init_statuses=[
-                            k.init_running("model-pull"),
-                            {
-                                **k.init_running("preflight"),
-                                "state": {"waiting": {"reason": "PodInitializing"}},
-                            },
-                        ],
-                        statuses=[
-                            {
-                                **k.running("vllm", ready=False),
-                                "state": {"waiting": {"reason": "PodInitializing"}},
-                            }
-                        ],
-                    )
+                    # The download runs in the vllm container: Running, not ready.
+                    k.pod(ready=False, age_minutes=50)
                 ]
             },
-            logs={(POD, "model-pull", False): PULL_PROGRESS_LOG},
+            logs={(POD, "vllm", False): PULL_PROGRESS_LOG},
         ),
         [("slow-loading", "First download of the model still running", "15-30 min")],
     ),
@@ -287,13 +273,11 @@ CASES: dict[str, tuple[Callable[[], k.InMemoryCluster], list[tuple[str, str, str
         lambda: cluster(
             {"pods": [k.pod(ready=False, age_minutes=40)]},
             logs={
-                (POD, "model-pull", False): "INFO archon.models: llm_model Qwen/Qwen2.5-Coder-14B-"
-                "Instruct-GPTQ-Int4 is already available at /models/hub/...\n",
-                (
-                    POD,
-                    "vllm",
-                    False,
-                ): "INFO [default_loader.py:262] Loading weights took 1310.4 s\n",
+                (POD, "vllm", False): "llm_model Qwen/Qwen2.5-Coder-14B-Instruct-GPTQ-Int4 is "
+                "already available at /models/hub/...\n"
+                "starting vLLM: python3 -m vllm.entrypoints.openai.api_server --config "
+                "/run/archon/vllm.yaml\n"
+                "INFO [default_loader.py:262] Loading weights took 1310.4 s\n",
             },
         ),
         [("slow-loading", "Model cached, vLLM still loading", "faster StorageClass")],

@@ -278,7 +278,7 @@ def pod(
                 "image": "ghcr.io/archon-platform/archon:0.1.0",
                 "envFrom": [{"prefix": "ARCHON_", "configMapRef": {"name": configmap_name}}],
             }
-            for name_ in ("model-pull", "preflight")
+            for name_ in ("preflight",)  # the vllm container downloads (vllm-start.py)
         ],
         "volumes": [{"name": "model-cache", "persistentVolumeClaim": {"claimName": "model-cache"}}],
         "runtimeClassName": "nvidia",
@@ -309,7 +309,7 @@ def pod(
         status["initContainerStatuses"] = (
             init_statuses
             if init_statuses is not None
-            else [terminated("model-pull", 0, "Completed"), terminated("preflight", 0, "Completed")]
+            else [terminated("preflight", 0, "Completed")]
         )
         status["containerStatuses"] = (
             statuses if statuses is not None else [running("vllm", ready=ready)]

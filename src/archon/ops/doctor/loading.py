@@ -68,12 +68,25 @@ def _unbound_claims(scope: Scope, pod: dict) -> list[str]:
     ]
 
 
+def _downloading(downloader: str, status: dict | None, log: str) -> bool:
+    if status is None or "running" not in status.get("state", {}):
+        return False
+    if downloader == "model-pull":  # an older bundle: the init container only downloads
+        return True
+    # The vllm container downloads (vllm-start.py), then logs "starting vLLM" and execs it.
+    last = next((x for x in reversed(log.strip().splitlines()) if x.strip()), "")
+    return "starting vLLM" not in log and (
+        not last or bool(PROGRESS.search(last)) or last.startswith("downloading ")
+    )
+
+
 def _progress(scope: Scope, pod: dict, evidence: list[str]) -> Finding:
     statuses = dict((s["name"], s) for _, s in container_statuses(pod))
-    pull = statuses.get("model-pull")
-    log = scope.source.log(scope.namespace, name(pod), "model-pull", previous=False) or ""
+    init_names = {c.get("name") for c in pod.get("spec", {}).get("initContainers", [])}
+    downloader = "model-pull" if "model-pull" in init_names else "vllm"
+    log = scope.source.log(scope.namespace, name(pod), downloader, previous=False) or ""
     lines = PROGRESS.findall(log)
-    if pull is not None and "running" in pull.get("state", {}):
+    if _downloading(downloader, statuses.get(downloader), log):
         if lines:
             return Finding(
                 "slow-loading",
@@ -81,20 +94,24 @@ def _progress(scope: Scope, pod: dict, evidence: list[str]) -> Finding:
                 "First download of the model still running",
                 "Expected for a first download (15-30 min for ~10 GB). If the speed is low, "
                 "check the node's network; the download resumes if the pod restarts.",
-                [*evidence, f"model-pull: {lines[-1]}"],
+                [*evidence, f"{downloader}: {lines[-1]}"],
                 RUNBOOK,
             )
         return Finding(
             "slow-loading",
             "error",
             "Model download shows no progress",
-            "model-pull has logged no progress line (it logs one every <=10 s): check egress "
-            "to the hub, DNS and proxies; kubectl logs -c model-pull shows where it stands.",
+            f"{downloader} has logged no progress line (it logs one every <=10 s): check "
+            "egress to the hub, DNS and proxies; kubectl logs -l app=vllm shows where it stands.",
             [*evidence, *[x for x in log.strip().splitlines()[-3:] if x]],
             RUNBOOK,
         )
     cached = "already available" in log
-    vllm_log = scope.source.log(scope.namespace, name(pod), "vllm", previous=False) or ""
+    vllm_log = (
+        log
+        if downloader == "vllm"
+        else scope.source.log(scope.namespace, name(pod), "vllm", previous=False) or ""
+    )
     tail = [x for x in vllm_log.strip().splitlines() if x][-3:]
     return Finding(
         "slow-loading",
@@ -104,7 +121,7 @@ def _progress(scope: Scope, pod: dict, evidence: list[str]) -> Finding:
         "model-cache. The vllm container's log shows the loading step.",
         [
             *evidence,
-            "model-pull: "
+            "download: "
             + (
                 "model was already in the cache (not a first download)"
                 if cached
