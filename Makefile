@@ -51,7 +51,7 @@ image: $(STAMP)
 	bash scripts/build-image.sh
 	$(BIN)/python -m pytest -q tests/integration/test_image.py
 
-## The OpenAI-spec property test with more examples (default 500 per endpoint, ~30 min on 2
+## The OpenAI-spec property test with more examples (default 500 per endpoint, ~40 min on 2
 ## cores); writes its result to docs/benchmarks.md ("OpenAI spec conformance").
 test-spec-long: $(STAMP)
 	ARCHON_SPEC_EXAMPLES=$${ARCHON_SPEC_EXAMPLES:-500} ARCHON_SPEC_WRITE=docs/benchmarks.md \
