@@ -136,11 +136,17 @@ def _is_union_tag(part: str) -> bool:
     )
 
 
-def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
+def _param_from_loc(loc: tuple[Any, ...], error_type: str = "") -> str | None:
+    # An unknown key is the last element of its loc, whatever its spelling ("Foo" is a field
+    # the client sent, not a union member's class name).
+    keep_last = error_type == "extra_forbidden"
     parts = [
         str(p)
-        for p in loc
-        if p not in ("body", "query", "path") and not (isinstance(p, str) and _is_union_tag(p))
+        for i, p in enumerate(loc)
+        if p not in ("body", "query", "path")
+        and not (
+            isinstance(p, str) and _is_union_tag(p) and not (keep_last and i == len(loc) - 1)
+        )
     ]
     if not parts:
         return None
@@ -174,7 +180,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {}
-        param = _param_from_loc(tuple(first.get("loc", ())))
+        param = _param_from_loc(tuple(first.get("loc", ())), first.get("type", ""))
         if first.get("type") == "json_invalid":
             param = None
         return JSONResponse(

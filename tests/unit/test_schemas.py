@@ -121,3 +121,19 @@ def test_prompt_forms(prompt, expected) -> None:
 def test_completion_default_max_tokens_is_16() -> None:
     assert CompletionRequest(model="m", prompt="x").output_limit() == 16
     assert ChatCompletionRequest(model="m", messages=MSG).output_limit() is None
+
+
+@pytest.mark.parametrize(
+    ("loc", "kind", "param"),
+    [
+        (("body", "Foo"), "extra_forbidden", "Foo"),
+        (("body", "str"), "extra_forbidden", "str"),
+        (("body", "tool_choice", "NamedToolChoice", "type"), "string_type", "tool_choice.type"),
+        (("body", "stop", "list[str]", 2), "string_type", "stop[2]"),
+        (("body", "messages", 0, "content", "str"), "string_type", "messages[0].content"),
+    ],
+)
+def test_param_names_the_request_field(loc: tuple, kind: str, param: str) -> None:
+    from archon.errors import _param_from_loc
+
+    assert _param_from_loc(loc, kind) == param
