@@ -7,6 +7,12 @@ aggregate output tokens/s and failed streams, then the ratios archon / llama-ser
     .venv/bin/python benchmarks/serve_bench.py                # all peers
     .venv/bin/python benchmarks/serve_bench.py --write docs/benchmarks.md
 
+With --structured it measures the cost of structured output instead: archon and llama-server
+each serve the same requests with and without a `json_schema` response_format (a grammar), and
+the report gives each server's tok/s with the schema over its tok/s without it.
+
+    .venv/bin/python benchmarks/serve_bench.py --structured --write docs/benchmarks.md
+
 `llama-server` is built once from the pinned llama-cpp-python sdist by build_llama_server.sh
 into ~/.cache/archon/bench (about 9 minutes on 2 cores).
 """
@@ -91,6 +97,35 @@ def prompt(i: int) -> list[dict[str, str]]:
             "platform engineer, with an example and the most common mistakes.",
         },
     ]
+
+
+# A long, fully structured answer: the grammar constrains every token of it.
+INVENTORY_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "services": {
+            "type": "array",
+            "minItems": 16,
+            "maxItems": 16,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "maxLength": 24},
+                    "replicas": {"type": "integer"},
+                    "healthy": {"type": "boolean"},
+                },
+                "required": ["name", "replicas", "healthy"],
+            },
+        }
+    },
+    "required": ["services"],
+}
+STRUCTURED = {
+    "response_format": {
+        "type": "json_schema",
+        "json_schema": {"name": "inventory", "schema": INVENTORY_SCHEMA, "strict": True},
+    }
+}
 
 
 async def one_stream(
@@ -184,7 +219,15 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
     raise TimeoutError(f"{url} not ready")
 
 
-def bench_peer(peer: Peer, levels: list[int], rounds: int, max_tokens: int) -> list[LevelResult]:
+def bench_peer(
+    peer: Peer,
+    levels: list[int],
+    rounds: int,
+    max_tokens: int,
+    modes: dict[str, dict] | None = None,
+) -> list[LevelResult]:
+    """Start the peer once; run every level in every mode (a suffix -> the request's extras)."""
+    modes = modes or {"": peer.extra_body}
     port = free_port()
     cmd = [part.replace("{port}", str(port)) for part in peer.command]
     log = open(ROOT / "benchmarks" / "results" / f"{peer.name}.log", "wb")  # noqa: SIM115
@@ -201,12 +244,13 @@ def bench_peer(peer: Peer, levels: list[int], rounds: int, max_tokens: int) -> l
         # Warm-up: page the weights in, let allocators settle.
         asyncio.run(run_level(base + "/v1", peer, 2, 1, 16, offset=10_000))
         out = []
-        for level in levels:
+        for (suffix, extra), level in ((m, lv) for m in modes.items() for lv in levels):
+            run_as = Peer(peer.name + suffix, peer.command, peer.model, extra, peer.env)
             result = asyncio.run(
-                run_level(base + "/v1", peer, level, rounds, max_tokens, offset=level * 1000)
+                run_level(base + "/v1", run_as, level, rounds, max_tokens, offset=level * 1000)
             )
             print(
-                f"  {peer.name:<22} c={level}: {result.tokens_per_s:7.1f} tok/s  "
+                f"  {run_as.name:<22} c={level}: {result.tokens_per_s:7.1f} tok/s  "
                 f"TTFT p50 {result.ttft_p50_ms:7.0f} ms p95 {result.ttft_p95_ms:7.0f} ms  "
                 f"ITL p50 {result.itl_p50_ms:6.1f} ms  failed {result.failed}/{result.requests}",
                 flush=True,
@@ -269,7 +313,14 @@ def main() -> None:
         "--peers", default="archon,llama-server,llama-cpp-python,llama-cpp-python-no-interrupt"
     )
     parser.add_argument("--write", type=Path, help="write the results into this Markdown file")
+    parser.add_argument(
+        "--structured",
+        action="store_true",
+        help="measure json_schema output against plain output on archon and llama-server",
+    )
     args = parser.parse_args()
+    if args.structured and args.peers == parser.get_default("peers"):
+        args.peers = "archon,llama-server"
 
     from archon.modelserver.models import resolve
 
@@ -384,7 +435,14 @@ def main() -> None:
     results: list[LevelResult] = []
     for name in wanted:
         print(f"{name}:", flush=True)
-        results += bench_peer(peers[name], levels, args.rounds, args.max_tokens)
+        # Structured runs end where the schema ends: no ignore_eos there.
+        modes = (
+            {"": peers[name].extra_body, "+json_schema": STRUCTURED} if args.structured else None
+        )
+        results += bench_peer(peers[name], levels, args.rounds, args.max_tokens, modes)
+    if args.structured:
+        write_structured(args, results, levels, wanted)
+        return
 
     print()
     table: list[str] = []
@@ -400,6 +458,48 @@ def main() -> None:
     )
     if args.write:
         write_markdown(args.write, results, table, stamp, args)
+
+
+def write_structured(
+    args: argparse.Namespace, results: list[LevelResult], levels: list[int], wanted: list[str]
+) -> None:
+    by = {(r.peer, r.concurrency): r for r in results}
+    lines = [
+        "| server | streams | tok/s plain | tok/s json_schema | json_schema / plain | "
+        "TTFT p95 plain | TTFT p95 json_schema | failed |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in wanted:
+        for c in levels:
+            plain, structured = by[(name, c)], by[(name + "+json_schema", c)]
+            lines.append(
+                f"| {name} | {c} | {plain.tokens_per_s} | {structured.tokens_per_s} | "
+                f"{structured.tokens_per_s / plain.tokens_per_s:.2f}x | "
+                f"{plain.ttft_p95_ms:.0f} ms | {structured.ttft_p95_ms:.0f} ms | "
+                f"{plain.failed + structured.failed} |"
+            )
+    print("\n".join(lines))
+    if not args.write:
+        return
+    stamp = time.strftime("%Y-%m-%d")
+    section = "\n".join(
+        [
+            f"### Structured output cost ({stamp})",
+            "",
+            f"Machine: {machine()}. Model: SmolLM2-135M-Instruct Q4_1 (bundled), "
+            f"{args.threads} threads, {args.slots} slots, up to {args.max_tokens} output tokens, "
+            f"{args.rounds} sequential requests per client, temperature 0. The same chat requests "
+            "with and without a `json_schema` response_format of 16 objects (every token "
+            "constrained); the plain runs disable end-of-sequence, the structured ones end "
+            "with the schema.",
+            "",
+            "Command: `.venv/bin/python benchmarks/serve_bench.py --structured "
+            "--write docs/benchmarks.md`",
+            "",
+            *lines,
+        ]
+    )
+    replace_section(args.write, "serve_bench_structured", section)
 
 
 def _eos_token(model_path: str) -> int:
