@@ -225,6 +225,49 @@ def test_a_client_leaving_frees_the_upstream(agent: Server, server: Server) -> N
         time.sleep(0.2)
 
 
+PROMQL_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "run_promql",
+        "description": "Run a PromQL query against the cluster's Prometheus",
+        "parameters": {
+            "type": "object",
+            "properties": {"query": {"type": "string", "maxLength": 40}},
+            "required": ["query"],
+        },
+    },
+}
+
+
+def test_tool_round_trip_through_the_agent_keeps_its_sources(agent: Server) -> None:
+    sdk = client(agent)
+    question = ask("What is the per-second rate of http_requests_total over 5 minutes?")
+    # One call per turn: the 135M model otherwise tends to repeat calls until max_tokens.
+    kw = {
+        "model": MODEL,
+        "tools": [PROMQL_TOOL],
+        "parallel_tool_calls": False,
+        "temperature": 0,
+        "max_tokens": 120,
+    }
+    first = sdk.chat.completions.create(messages=question, tool_choice="required", **kw)
+    assert first.choices[0].finish_reason == "tool_calls", first.choices[0].message.content
+    call = first.choices[0].message.tool_calls[0]
+    assert call.function.name == "run_promql"
+    assert isinstance(json.loads(call.function.arguments)["query"], str)
+    assert first.model_extra["sources"]  # retrieval ran for the tool-calling turn too
+    follow_up = [
+        *question,
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": '{"value": 12.5}'},
+    ]
+    stream = sdk.chat.completions.create(messages=follow_up, tool_choice="none", stream=True, **kw)
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    assert chunks[-1].model_extra["sources"]
+
+
 def test_knowledge_base_stopped_means_degraded_answers_not_errors(
     agent: Server, kb: Server
 ) -> None:
@@ -526,39 +569,3 @@ def test_a_503_before_the_first_byte_is_retried_on_another_upstream(
     finally:
         agent.stop()
         busy.httpd.shutdown()
-
-
-PROMQL_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "run_promql",
-        "description": "Run a PromQL query against the cluster's Prometheus",
-        "parameters": {
-            "type": "object",
-            "properties": {"query": {"type": "string", "maxLength": 60}},
-            "required": ["query"],
-        },
-    },
-}
-
-
-def test_tool_round_trip_through_the_agent_keeps_its_sources(agent: Server) -> None:
-    sdk = client(agent)
-    question = ask("What is the per-second rate of http_requests_total over 5 minutes?")
-    kw = {"model": MODEL, "tools": [PROMQL_TOOL], "temperature": 0, "max_tokens": 60}
-    first = sdk.chat.completions.create(messages=question, tool_choice="required", **kw)
-    assert first.choices[0].finish_reason == "tool_calls"
-    call = first.choices[0].message.tool_calls[0]
-    assert call.function.name == "run_promql"
-    assert isinstance(json.loads(call.function.arguments)["query"], str)
-    assert first.model_extra["sources"]  # retrieval ran for the tool-calling turn too
-    follow_up = [
-        *question,
-        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
-        {"role": "tool", "tool_call_id": call.id, "content": '{"value": 12.5}'},
-    ]
-    stream = sdk.chat.completions.create(messages=follow_up, tool_choice="none", stream=True, **kw)
-    chunks = list(stream)
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text
-    assert chunks[-1].model_extra["sources"]

@@ -6,6 +6,11 @@ Archon pins, by benchmarks/build_llama_server.sh, which `make test` runs first).
 write the same text. llama-server's defaults match ours where it matters: the penalties look at
 the last 64 tokens, prompt included (--repeat-last-n 64); top-k 40 / top-p 0.95 / min-p 0.05 only
 narrow the candidates before the argmax of temperature 0, so they cannot change its pick.
+
+Archon runs on a server of its own here, fresh like llama-server: llama.cpp's float results
+depend a little on how a prompt is split into batches, so a KV prefix reused from an earlier,
+different request (as on the suite's shared server) can turn one greedy pick 160 characters
+later. That is batching, not sampling; both servers have it.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import httpx
 import pytest
 
 from tests.conftest import MODEL
-from tests.support.servers import Server, free_port
+from tests.support.servers import Server, free_port, start_server
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "List the parts of a Kubernetes cluster, then list them again, and again:"
@@ -49,6 +54,18 @@ def llama_server(
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_server(
+        tmp_path_factory.mktemp("parity"), "--parallel", "1", "--max-model-len", "2048"
+    )
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
 
 
 def _prompt_tokens(server: Server) -> list[int]:
