@@ -2,9 +2,10 @@
 
 The chain follows llama-server's order (logit bias, penalties, top-k, top-p, min-p, temperature,
 then a seeded draw, or greedy at temperature 0), so the same request gives the same tokens on both.
-Like llama-server, the penalties see the prompt's last tokens too, and a grammar is applied by
-rejection: the chain samples freely and only when the token breaks the grammar is the draw
-repeated with the grammar masking the vocabulary (most tokens of a JSON answer need no mask).
+Like llama-server, the penalties see the prompt's last tokens too. Without a grammar, sampling
+is llama.cpp's own ``llama_sampler_sample``. A grammar is applied by rejection: the chain
+samples freely, and only when the token breaks the grammar is the draw repeated with the grammar
+masking the vocabulary (most tokens of a JSON answer need no mask).
 
 A token is accepted by the grammar only after the grammar has allowed it: llama.cpp aborts the
 process on a token its grammar cannot take.
@@ -151,12 +152,19 @@ class Sampler:
 
     def sample(self, ctx: Any, index: int) -> tuple[int, TokenLogprob | None]:
         v, ll = self.v, self.v.ll
+        logprob = None
+        if self.params.logprobs is not None:  # of the logits before the chain runs
+            logprob = _logprob_of(v, v.logits(ctx, index), self.params.logprobs)
+        if self.grammar is None:
+            # The common case stays in C: llama_sampler_sample builds the candidates, applies
+            # the chain and accepts the token (sampling leaves the context's logits as they are).
+            token = ll.llama_sampler_sample(self.chain, ctx, index)
+            return token, (logprob(token) if logprob is not None else None)
         logits = v.logits(ctx, index)
-        logprob = _logprob_of(v, logits, self.params.logprobs)  # before the chain runs
         array = v.candidates(logits)
         ll.llama_sampler_apply(self.chain, ctypes.byref(array))
         token = v.selected(array)
-        if self.grammar is not None and not v.allows(self.grammar, token):
+        if not v.allows(self.grammar, token):
             array = v.candidates(logits)
             ll.llama_sampler_apply(self.grammar, ctypes.byref(array))
             ll.llama_sampler_apply(self.chain, ctypes.byref(array))
@@ -168,8 +176,7 @@ class Sampler:
                     param="logit_bias" if self.params.logit_bias else "response_format",
                 )
         ll.llama_sampler_accept(self.chain, token)
-        if self.grammar is not None:
-            ll.llama_sampler_accept(self.grammar, token)
+        ll.llama_sampler_accept(self.grammar, token)
         return token, (logprob(token) if logprob is not None else None)
 
     def free(self) -> None:
