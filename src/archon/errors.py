@@ -144,9 +144,7 @@ def _param_from_loc(loc: tuple[Any, ...], error_type: str = "") -> str | None:
         str(p)
         for i, p in enumerate(loc)
         if p not in ("body", "query", "path")
-        and not (
-            isinstance(p, str) and _is_union_tag(p) and not (keep_last and i == len(loc) - 1)
-        )
+        and not (isinstance(p, str) and _is_union_tag(p) and not (keep_last and i == len(loc) - 1))
     ]
     if not parts:
         return None
