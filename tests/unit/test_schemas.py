@@ -137,3 +137,11 @@ def test_param_names_the_request_field(loc: tuple, kind: str, param: str) -> Non
     from archon.errors import _param_from_loc
 
     assert _param_from_loc(loc, kind) == param
+
+
+def test_best_of_only_as_n() -> None:
+    CompletionRequest(model="m", prompt="x", n=2, best_of=2).check_supported()
+    CompletionRequest(model="m", prompt="x", best_of=1).check_supported()
+    with pytest.raises(InvalidRequestError) as info:
+        CompletionRequest(model="m", prompt="x", best_of=3).check_supported()
+    assert info.value.param == "best_of"

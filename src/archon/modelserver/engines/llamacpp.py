@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
-import ctypes
 import logging
 import queue
 import threading
@@ -214,13 +213,7 @@ class LlamaCppEngine:
         return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", "replace")
 
     def token_bytes(self, token: int) -> bytes:
-        """A token's bytes; safe from any thread (its own buffer)."""
-        buf = ctypes.create_string_buffer(64)
-        n = self._ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
-        if n < 0:
-            buf = ctypes.create_string_buffer(-n)
-            n = self._ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
-        return buf.raw[:n]
+        return self._v.token_bytes(token, special=True, any_thread=True)
 
     def check_grammar(self, grammar: str) -> None:
         self._v.check_grammar(grammar)

@@ -43,17 +43,19 @@ class Vocabulary:
         self._one = ll.llama_token_data(0, 1.0, 0.0)
         self._piece_buf = ctypes.create_string_buffer(256)
 
-    def token_bytes(self, token: int, *, special: bool = False) -> bytes:
-        """The bytes a token stands for (special tokens as empty, unless ``special``)."""
-        n = self.ll.llama_token_to_piece(
-            self.vocab, token, self._piece_buf, len(self._piece_buf), 0, special
-        )
+    def token_bytes(self, token: int, *, special: bool = False, any_thread: bool = False) -> bytes:
+        """The bytes a token stands for (special tokens as empty, unless ``special``).
+
+        The engine thread reuses one buffer; ``any_thread`` uses a buffer of the call's own.
+        """
+        buf = ctypes.create_string_buffer(64) if any_thread else self._piece_buf
+        n = self.ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         if n < 0:
-            self._piece_buf = ctypes.create_string_buffer(-n)
-            n = self.ll.llama_token_to_piece(
-                self.vocab, token, self._piece_buf, len(self._piece_buf), 0, special
-            )
-        return self._piece_buf.raw[:n]
+            buf = ctypes.create_string_buffer(-n)
+            if not any_thread:
+                self._piece_buf = buf
+            n = self.ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
 
     def logits(self, ctx: Any, index: int) -> np.ndarray:
         ptr = self.ll.llama_get_logits_ith(ctx, index)
@@ -79,14 +81,18 @@ class Vocabulary:
         self.ll.llama_sampler_apply(grammar, ctypes.byref(single))
         return not math.isinf(one.logit)
 
-    def check_grammar(self, grammar: str) -> None:
+    def grammar(self, grammar: str) -> Any:
+        """A grammar sampler, or a 400 when llama.cpp cannot parse the grammar."""
         sampler = self.ll.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
         if not sampler:
             raise InvalidRequestError(
                 "The output constraint could not be compiled to a llama.cpp grammar",
                 param="response_format",
             )
-        self.ll.llama_sampler_free(sampler)
+        return sampler
+
+    def check_grammar(self, grammar: str) -> None:
+        self.ll.llama_sampler_free(self.grammar(grammar))
 
 
 class Sampler:
