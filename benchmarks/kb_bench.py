@@ -182,7 +182,7 @@ def main() -> None:
     print(f"re-sync: no change {nochange_s:.2f}s, one file {onechange_s:.2f}s", flush=True)
     quality = {s.mode: s for s in evaluate(kb, judged)}
     print({m: (round(s.ndcg_at_10, 3), round(s.recall_at_10, 3)) for m, s in quality.items()})
-    latency = query_latency(kb, [q for q, _ in judged], args.replicate, tmp)
+    latency = query_latency(kb, [j.query for j in judged], args.replicate, tmp)
     print(f"query latency: {latency}", flush=True)
     kb.close()
 

@@ -227,6 +227,12 @@ class KnowledgeBaseSettings(BaseSettings):
     embedding_url: str | None = Field(
         None, description="OpenAI-compatible /v1/embeddings base URL instead of the local model."
     )
+    embedding_backend: Literal["torch", "onnx", "onnx-int8"] = Field(
+        "torch",
+        description="How the local model runs: torch (sentence-transformers), onnx (ONNX "
+        "Runtime, the same vectors, faster) or onnx-int8 (int8 weights, faster still; a store "
+        "built with it needs `kb sync --reindex` to change back).",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8100, ge=0, le=65535)
     sync_interval: float = Field(

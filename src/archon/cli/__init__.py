@@ -504,10 +504,16 @@ def _sync_with_progress(kb: Any, sources: Path, *, quiet: bool) -> Any:
 
 @kb_app.command("eval")
 def kb_eval(
-    queries: Annotated[Path, typer.Argument(help="JSON lines: {query, relevant: [source:path]}.")],
+    queries: Annotated[
+        Path,
+        typer.Argument(help="JSON lines: {query, relevant: {source:path: grade 1-2}, split}."),
+    ],
+    split: Annotated[
+        str | None, typer.Option(help="Only the queries of this split (tune or test).")
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """nDCG@10 and recall@10 of dense, BM25 and hybrid search on a judged query set."""
+    """Graded nDCG@10 and recall@10 of dense, BM25 and hybrid search on a judged query set."""
     import json
     from dataclasses import asdict
 
@@ -518,7 +524,7 @@ def kb_eval(
 
     _setup_logging("warning")
     try:
-        judged = load_queries(queries)
+        judged = load_queries(queries, split)
         kb = KnowledgeBase(load_kb_settings())
     except ConfigError as exc:
         _fail(str(exc), exc.exit_code)
@@ -532,7 +538,9 @@ def kb_eval(
         return
     typer.echo(f"{len(judged)} queries")
     for s in scores:
-        typer.echo(f"{s.mode:<7} nDCG@10 {s.ndcg_at_10:.3f}  recall@10 {s.recall_at_10:.3f}")
+        kinds = "  ".join(f"{k} {v:.3f}" for k, v in s.by_kind.items() if k != "-")
+        line = f"{s.mode:<7} nDCG@10 {s.ndcg_at_10:.3f}  recall@10 {s.recall_at_10:.3f}"
+        typer.echo(line + (f"  ({kinds})" if kinds else ""))
 
 
 @kb_app.command("serve")

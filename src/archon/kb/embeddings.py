@@ -32,6 +32,37 @@ class Embedder(Protocol):
     def embed_query(self, text: str) -> np.ndarray: ...
 
 
+def split_windows(text: str, offsets: list[tuple[int, int]], window: int) -> list[str]:
+    """The text cut at word-piece boundaries (``offsets``: each piece's character span) into
+    overlapping pieces that the model reads whole."""
+    size = window - 2  # [CLS] and [SEP]
+    if len(offsets) <= size:
+        return [text]
+    pieces = []
+    start = 0
+    while start < len(offsets):
+        end = min(start + size, len(offsets))
+        pieces.append(text[offsets[start][0] : offsets[end - 1][1]])
+        if end == len(offsets):
+            break
+        start = end - WINDOW_OVERLAP
+    return pieces
+
+
+def bundled_model_path(model: str) -> str:
+    """The directory of a model that a Python package ships, or ``model`` itself."""
+    if model not in BUNDLED:
+        return model
+    import importlib
+
+    try:
+        return str(importlib.import_module(BUNDLED[model]).get_model_path())
+    except ModuleNotFoundError:
+        raise ConfigError(
+            f"embedding_model {model!r}: its package {BUNDLED[model]} is not installed"
+        ) from None
+
+
 def _normalise(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors / np.maximum(norms, 1e-12)
@@ -42,17 +73,7 @@ class SentenceTransformerEmbedder:
     embed never pays for importing torch and loading the weights."""
 
     def __init__(self, model: str = "all-MiniLM-L6-v2", *, batch_size: int = 32):
-        if model in BUNDLED:
-            import importlib
-
-            try:
-                path = str(importlib.import_module(BUNDLED[model]).get_model_path())
-            except ModuleNotFoundError:
-                raise ConfigError(
-                    f"embedding_model {model!r}: its package {BUNDLED[model]} is not installed"
-                ) from None
-        else:
-            path = model
+        path = bundled_model_path(model)
         self.name = model
         self._path = path
         self._batch_size = batch_size
@@ -123,21 +144,8 @@ class SentenceTransformerEmbedder:
         torch.set_num_threads(threads)
 
     def windows(self, text: str) -> list[str]:
-        """The text cut at word-piece boundaries into pieces the model reads whole."""
         encoded = self._tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        offsets = encoded["offset_mapping"]
-        size = self.window - 2  # [CLS] and [SEP]
-        if len(offsets) <= size:
-            return [text]
-        pieces = []
-        start = 0
-        while start < len(offsets):
-            end = min(start + size, len(offsets))
-            pieces.append(text[offsets[start][0] : offsets[end - 1][1]])
-            if end == len(offsets):
-                break
-            start = end - WINDOW_OVERLAP
-        return pieces
+        return split_windows(text, encoded["offset_mapping"], self.window)
 
     def embed_documents(self, texts: list[str]) -> np.ndarray:
         pieces: list[str] = []

@@ -8,7 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from archon.errors import ConfigError
-from archon.kb.embeddings import Embedder, OpenAIEmbedder, SentenceTransformerEmbedder
+from archon.kb.embeddings import (
+    Embedder,
+    OpenAIEmbedder,
+    SentenceTransformerEmbedder,
+    bundled_model_path,
+)
 from archon.kb.index import MemoryIndex
 from archon.kb.sources import load_sources
 from archon.kb.store import ChunkStore, Fusion, Mode
@@ -19,7 +24,16 @@ from archon.settings import KnowledgeBaseSettings
 def make_embedder(settings: KnowledgeBaseSettings) -> Embedder:
     if settings.embedding_url:
         return OpenAIEmbedder(settings.embedding_url, settings.embedding_model)
-    return SentenceTransformerEmbedder(settings.embedding_model)
+    if settings.embedding_backend == "torch":
+        return SentenceTransformerEmbedder(settings.embedding_model)
+    from archon.kb.onnx_embedder import OnnxEmbedder
+
+    return OnnxEmbedder(
+        settings.embedding_model,
+        Path(bundled_model_path(settings.embedding_model)),
+        settings.data_dir / "models",
+        precision="int8" if settings.embedding_backend == "onnx-int8" else "fp32",
+    )
 
 
 class KnowledgeBase:
