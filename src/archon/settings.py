@@ -248,6 +248,11 @@ class KnowledgeBaseSettings(BaseSettings):
     )
     chunk_max_tokens: int = Field(800, ge=64, le=8192)
     chunk_min_tokens: int = Field(400, ge=0, le=8192)
+    chunk_context: bool = Field(
+        False,
+        description="Index each chunk with its repo and path besides its heading trail "
+        "(changing it needs `kb sync --reindex`).",
+    )
     max_request_bytes: int = Field(64 * 1024, ge=1024)
 
     @property

@@ -89,9 +89,7 @@ def ranked_documents(kb: Any, query: str, mode: str, depth: int = 10) -> list[st
 
 
 def ndcg(ranked: list[str], grades: dict[str, int], k: int = 10) -> float:
-    gain = sum(
-        (2 ** grades.get(doc, 0) - 1) / math.log2(i + 2) for i, doc in enumerate(ranked[:k])
-    )
+    gain = sum((2 ** grades.get(doc, 0) - 1) / math.log2(i + 2) for i, doc in enumerate(ranked[:k]))
     ideal_grades = sorted(grades.values(), reverse=True)[:k]
     ideal = sum((2**g - 1) / math.log2(i + 2) for i, g in enumerate(ideal_grades))
     return gain / ideal if ideal else 0.0

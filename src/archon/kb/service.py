@@ -58,6 +58,7 @@ class KnowledgeBase:
             settings.data_dir / "repos",
             max_tokens=settings.chunk_max_tokens,
             min_tokens=settings.chunk_min_tokens,
+            context=settings.chunk_context,
         )
         self._sync_lock = threading.Lock()
         self._index_lock = threading.Lock()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import sqlite3
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from archon.errors import ConfigError
-from archon.kb.chunking import chunk_markdown
+from archon.kb.chunking import Chunk, chunk_markdown
 from archon.kb.embeddings import Embedder
 from archon.kb.sources import Source, SourceError, checkout
 from archon.kb.store import ChunkStore, chunk_id, path_prefixes
@@ -131,7 +132,9 @@ class Syncer:
         *,
         max_tokens: int = 800,
         min_tokens: int = 400,
+        context: bool = False,
     ):
+        self.context = context
         self.max_tokens = max_tokens
         self.min_tokens = min_tokens
         self.store = store
@@ -201,10 +204,7 @@ class Syncer:
             count=self.embedder.count_tokens,
         )
         if chunks:
-            embed_texts = [
-                " > ".join(c.heading_path) + "\n\n" + c.text if c.heading_path else c.text
-                for c in chunks
-            ]
+            embed_texts = [indexed_text(source.name, path, c, self.context) for c in chunks]
             vectors = self.embedder.embed_documents(embed_texts)
             payloads = [
                 {
@@ -227,6 +227,17 @@ class Syncer:
         self.store.delete_from(source.name, path, len(chunks))
         self.state.mark(source.name, path, content_hash, len(chunks), "done", commit)
         return len(chunks)
+
+
+def indexed_text(source: str, path: str, chunk: Chunk, context: bool) -> str:
+    """What the retrievers see of a chunk: its heading trail, and with ``context`` also where it
+    lives (repo and path, split into words so "auto_sync.md" matches "auto sync")."""
+    trail = " > ".join(chunk.heading_path)
+    head = trail
+    if context:
+        words = re.sub(r"[/_.\-]+", " ", path.removesuffix(".md")).strip()
+        head = f"{source}: {words}" + (f"\n{trail}" if trail else "")
+    return f"{head}\n\n{chunk.text}" if head else chunk.text
 
 
 def check_embedder(state: State, embedder: Embedder) -> None:
