@@ -8,6 +8,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -15,6 +16,7 @@ import pytest
 
 from archon.agent.auth import hash_key
 from tests.conftest import MODEL
+from tests.support.fake_upstream import FAKE_MODEL, FakeUpstream
 from tests.support.servers import Server, start_server
 from tests.support.stack import (
     querying_docs_sources,
@@ -569,3 +571,76 @@ def test_a_503_before_the_first_byte_is_retried_on_another_upstream(
     finally:
         agent.stop()
         busy.httpd.shutdown()
+
+
+# -- upstream failures, with a stand-in model server --------------------------------------------
+
+
+def _in_flight(agent: Server) -> list[int]:
+    return [u["in_flight"] for u in httpx.get(agent.url + "/ready", timeout=5).json()["upstreams"]]
+
+
+def _openai_error(resp: httpx.Response) -> dict[str, Any]:
+    error = resp.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    return error
+
+
+def test_a_model_server_that_stalls_gets_a_504_not_a_503(tmp_path: Path) -> None:
+    """Silent before the headers, and silent halfway through the body: both are timeouts
+    (upstream_timeout, counted as kind="timeout"), not a broken answer."""
+    fake = FakeUpstream()
+    agent = start_agent(tmp_path, [fake.url], None, env={"ARCHON_AGENT_REQUEST_TIMEOUT": "1"})
+    try:
+        wait_agent_ready(agent)
+        body = {"model": FAKE_MODEL, "messages": ask("Hi")}
+        for mode, delay in (("ok", 3.0), ("stall_body", 0.0)):
+            fake.mode, fake.delay = mode, delay
+            resp = httpx.post(agent.url + "/v1/chat/completions", json=body, timeout=30)
+            assert resp.status_code == 504, (mode, resp.text)
+            error = _openai_error(resp)
+            assert (error["type"], error["code"]) == ("timeout", "upstream_timeout")
+            assert "request_timeout (1s)" in error["message"]
+        metrics = httpx.get(agent.url + "/metrics", timeout=10).text
+        assert (
+            f'archon_agent_upstream_errors_total{{kind="timeout",upstream="{fake.url}"}} 2.0'
+            in metrics
+        )
+        assert f'kind="midstream",upstream="{fake.url}"' not in metrics
+        assert 'archon_agent_requests_total{code="504",route="chat"} 2.0' in metrics
+        assert _in_flight(agent) == [0]
+    finally:
+        agent.stop()
+        fake.stop()
+
+
+def test_a_503_cut_short_is_a_failed_upstream_and_frees_its_slot(tmp_path: Path) -> None:
+    """Reading a 503's body can fail too (the model server dies while saying it is busy): the
+    request moves on, the in-flight count comes back to 0, and the client gets an OpenAI-shaped
+    503, never a 500."""
+    broken, good = FakeUpstream(), FakeUpstream()
+    broken.mode = "broken_503"
+    agent = start_agent(
+        tmp_path,
+        [broken.url, good.url],
+        None,
+        env={"ARCHON_AGENT_AFFINITY": "false", "ARCHON_AGENT_HEALTH_INTERVAL": "60"},
+    )
+    try:
+        wait_agent_ready(agent, healthy=2)
+        body = {"model": FAKE_MODEL, "messages": ask("Hi"), "max_tokens": 2}
+        for _ in range(2):  # idle upstreams take turns: one of the two tries the broken one first
+            resp = httpx.post(agent.url + "/v1/chat/completions", json=body, timeout=30)
+            assert resp.status_code == 200, resp.text
+            assert resp.headers["x-archon-upstream"] == "2"
+        assert broken.bodies, "the broken upstream was never tried"
+        assert _in_flight(agent) == [0, 0]
+        good.mode = "broken_503"
+        resp = httpx.post(agent.url + "/v1/chat/completions", json=body, timeout=30)
+        assert resp.status_code == 503, resp.text
+        assert _openai_error(resp)["code"] == "no_healthy_upstream"
+        assert _in_flight(agent) == [0, 0]
+    finally:
+        agent.stop()
+        broken.stop()
+        good.stop()

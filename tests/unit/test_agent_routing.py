@@ -77,3 +77,36 @@ def test_an_upstream_that_answered_503_goes_last_for_a_while() -> None:
         assert p.candidates("m", None)[-1] is home
     home.busy_until = 0.0
     assert p.candidates("m", "conversation 1")[0] is home
+
+
+def test_a_lease_counts_one_request_until_released_exactly_once() -> None:
+    p = pool(1)
+    up = p.upstreams[0]
+    with p.lease(up) as lease:
+        assert up.in_flight == 1
+    assert up.in_flight == 0
+    lease.release()  # a second release changes nothing
+    assert up.in_flight == 0
+
+    with pytest.raises(RuntimeError), p.lease(up):
+        assert up.in_flight == 1
+        raise RuntimeError("the read failed")
+    assert up.in_flight == 0
+
+    with p.lease(up) as lease:
+        kept = lease.detach()  # handed on: the block's end leaves it counted
+    assert up.in_flight == 1
+    with kept:  # the new owner's block releases it
+        pass
+    assert up.in_flight == 0
+    with p.lease(up) as lease:
+        stream = lease.detach()
+    stream.release()
+    stream.release()
+    assert up.in_flight == 0
+
+
+def test_a_503_moves_an_upstream_back_for_a_while() -> None:
+    p = pool(2, affinity=False)
+    p.mark_busy(p.upstreams[0])
+    assert all(p.candidates("m", None)[0].number == 2 for _ in range(4))

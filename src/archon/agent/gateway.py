@@ -30,7 +30,7 @@ from archon.agent.rag import (
     mark_cited,
     retrieval_query,
 )
-from archon.agent.upstreams import Upstream, UpstreamPool
+from archon.agent.upstreams import Lease, UpstreamPool
 from archon.errors import (
     ArchonError,
     GatewayTimeoutError,
@@ -43,9 +43,6 @@ from archon.openai.sse import DONE, sse_event
 from archon.settings import AgentSettings
 
 log = logging.getLogger("archon.agent")
-
-# After a 503 (a full queue, a model still loading) an upstream goes last for this long.
-BUSY_BACKOFF = 1.0
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -175,8 +172,12 @@ class Gateway:
 
     # -- forwarding -------------------------------------------------------------------------
 
-    async def open(self, path: str, prepared: Prepared) -> tuple[aiohttp.ClientResponse, Upstream]:
-        """Send to the best upstream; on a connection error or a 503, try the next one."""
+    async def open(self, path: str, prepared: Prepared) -> tuple[aiohttp.ClientResponse, Lease]:
+        """Send to the best upstream; on a connection error or a 503, try the next one.
+
+        The returned lease holds the upstream's in-flight count until its owner releases it;
+        every other way out of here releases it on the spot.
+        """
         assert self.session is not None
         try:
             candidates = self.pool.candidates(prepared.model, prepared.conversation)
@@ -185,42 +186,37 @@ class Gateway:
             candidates = self.pool.candidates(prepared.model, prepared.conversation)
         failures: list[str] = []
         for up in candidates:
-            up.in_flight += 1
-            try:
-                resp = await self.session.post(
-                    up.url + path, data=prepared.body, headers=self.headers, timeout=self.timeout
-                )
-            except aiohttp.SocketTimeoutError:
-                up.in_flight -= 1
-                self.metrics.upstream_errors.labels(up.url, "timeout").inc()
-                raise GatewayTimeoutError(
-                    f"The model server {up.url} sent nothing within request_timeout "
-                    f"({self.settings.request_timeout:g}s)"
-                ) from None
-            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-                up.in_flight -= 1
-                self.metrics.upstream_errors.labels(up.url, "connect").inc()
-                self.pool.mark_failed(up, str(exc) or type(exc).__name__)
-                failures.append(f"{up.url}: {exc or type(exc).__name__}")
-                continue
-            except aiohttp.ClientError as exc:
-                # Connected, but dropped before answering (a crash, a restart): nothing reached
-                # the client yet, so another upstream may take it; the next health check tells
-                # whether this one is back.
-                up.in_flight -= 1
-                self.metrics.upstream_errors.labels(up.url, "connect").inc()
-                self.pool.mark_failed(up, str(exc) or type(exc).__name__)
-                failures.append(f"{up.url}: {exc or type(exc).__name__}")
-                continue
-            if resp.status == 503:
-                detail = (await resp.text())[:300].strip()
-                resp.release()
-                up.in_flight -= 1
-                up.busy_until = time.monotonic() + BUSY_BACKOFF
+            with self.pool.lease(up) as lease:
+                try:
+                    resp = await self.session.post(
+                        up.url + path,
+                        data=prepared.body,
+                        headers=self.headers,
+                        timeout=self.timeout,
+                    )
+                    if resp.status != 503:
+                        return resp, lease.detach()
+                    try:
+                        detail = (await resp.text())[:300].strip()
+                    finally:
+                        resp.release()
+                except aiohttp.SocketTimeoutError:
+                    self.metrics.upstream_errors.labels(up.url, "timeout").inc()
+                    raise GatewayTimeoutError(
+                        f"The model server {up.url} sent nothing within request_timeout "
+                        f"({self.settings.request_timeout:g}s)"
+                    ) from None
+                except aiohttp.ClientError as exc:
+                    # Refused, or connected but dropped before a whole answer (a crash, a
+                    # restart, a 503 cut short): nothing reached the client yet, so another
+                    # upstream may take it; the next health check tells whether this one is back.
+                    self.metrics.upstream_errors.labels(up.url, "connect").inc()
+                    self.pool.mark_failed(up, str(exc) or type(exc).__name__)
+                    failures.append(f"{up.url}: {exc or type(exc).__name__}")
+                    continue
+                self.pool.mark_busy(up)
                 self.metrics.upstream_errors.labels(up.url, "status").inc()
                 failures.append(f"{up.url}: 503 {detail}")
-                continue
-            return resp, up
         failures += [f"{up.url}: {up.error}" for up in self.pool.upstreams if up not in candidates]
         raise ServiceUnavailableError(
             "No model server could take the request (" + "; ".join(failures) + ")",
@@ -230,37 +226,43 @@ class Gateway:
     async def _forward(
         self, request: Request, path: str, route: str, prepared: Prepared, began: float
     ) -> Response:
-        resp, up = await self.open(path, prepared)
+        resp, lease = await self.open(path, prepared)
+        up = lease.upstream
         headers = {"x-archon-rag": prepared.outcome, "x-archon-upstream": str(up.number)}
         if prepared.stream and resp.status == 200:
-            stream = _Stream(self, resp, up, route, began)
-            return StreamingResponse(
-                self._relay(stream, prepared),
-                media_type="text/event-stream",
-                headers={**SSE_HEADERS, **headers},
-                # Runs even when the client left before the first chunk, when the generator
-                # above never started and so never reached its own cleanup.
-                background=BackgroundTask(stream.end, False),
-            )
-        try:
-            raw = await self._read_unless_client_left(request, resp)
-        except ClientGone:
-            self.observe(route, 499, began)
-            return Response(status_code=499)
-        except aiohttp.ClientError as exc:
-            self.metrics.upstream_errors.labels(up.url, "midstream").inc()
-            raise ServiceUnavailableError(
-                f"The model server {up.url} failed while answering: {exc}",
-                code="upstream_failed",
-            ) from None
-        except aiohttp.SocketTimeoutError:
-            self.metrics.upstream_errors.labels(up.url, "timeout").inc()
-            raise GatewayTimeoutError(
-                f"The model server {up.url} did not finish within request_timeout "
-                f"({self.settings.request_timeout:g}s)"
-            ) from None
-        finally:
-            up.in_flight -= 1
+            stream = _Stream(self, resp, lease, route, began)
+            try:
+                return StreamingResponse(
+                    self._relay(stream, prepared),
+                    media_type="text/event-stream",
+                    headers={**SSE_HEADERS, **headers},
+                    # Runs even when the client left before the first chunk, when the generator
+                    # above never started and so never reached its own cleanup.
+                    background=BackgroundTask(stream.end, False),
+                )
+            except BaseException:
+                stream.end(False)
+                raise
+        with lease:
+            try:
+                raw = await self._read_unless_client_left(request, resp)
+            except ClientGone:
+                self.observe(route, 499, began)
+                return Response(status_code=499)
+            except aiohttp.SocketTimeoutError:  # a ClientError too: it goes first
+                resp.close()
+                self.metrics.upstream_errors.labels(up.url, "timeout").inc()
+                raise GatewayTimeoutError(
+                    f"The model server {up.url} did not finish within request_timeout "
+                    f"({self.settings.request_timeout:g}s)"
+                ) from None
+            except aiohttp.ClientError as exc:
+                resp.close()
+                self.metrics.upstream_errors.labels(up.url, "midstream").inc()
+                raise ServiceUnavailableError(
+                    f"The model server {up.url} failed while answering: {exc}",
+                    code="upstream_failed",
+                ) from None
         self.observe(route, resp.status, began)
         content_type = resp.headers.get("content-type", "application/json")
         if resp.status != 200 or prepared.outcome == "off" or route != "chat":
@@ -289,7 +291,7 @@ class Gateway:
         return raw
 
     async def _relay(self, stream: _Stream, prepared: Prepared) -> AsyncIterator[bytes]:
-        resp, up = stream.resp, stream.upstream
+        resp, up = stream.resp, stream.lease.upstream
         finished = False
         try:
             if prepared.outcome != "off" and stream.route == "chat":
@@ -398,11 +400,11 @@ class _Stream:
         self,
         gateway: Gateway,
         resp: aiohttp.ClientResponse,
-        upstream: Upstream,
+        lease: Lease,
         route: str,
         began: float,
     ):
-        self.gateway, self.resp, self.upstream = gateway, resp, upstream
+        self.gateway, self.resp, self.lease = gateway, resp, lease
         self.route, self.began = route, began
         self.ended = False
 
@@ -414,7 +416,7 @@ class _Stream:
             self.resp.release()
         else:
             self.resp.close()  # the client left or the upstream broke: stop the generation
-        self.upstream.in_flight -= 1
+        self.lease.release()
         self.gateway.observe(self.route, 200, self.began)
 
 

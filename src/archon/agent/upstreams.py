@@ -25,6 +25,8 @@ log = logging.getLogger("archon.agent")
 # A conversation stays on its upstream until that one has this many more requests in flight
 # than the least busy one.
 AFFINITY_SLACK = 2
+# After a 503 (a full queue, a model still loading) an upstream goes last for this long.
+BUSY_BACKOFF = 1.0
 
 
 @dataclass
@@ -32,11 +34,11 @@ class Upstream:
     url: str
     number: int  # 1-based position in the configured list (used in headers and logs)
     healthy: bool = False
-    in_flight: int = 0
+    in_flight: int = 0  # open requests: changed only by the pool's leases
     models: tuple[str, ...] | None = None  # None: not known (the /v1/models call failed)
     model_cards: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = "not checked yet"
-    busy_until: float = 0.0  # answered 503 (overloaded): others go first until then
+    busy_until: float = 0.0  # answered 503 (overloaded): others go first until then (mark_busy)
 
     def serves(self, model: str | None) -> bool:
         return model is None or self.models is None or model in self.models
@@ -49,6 +51,41 @@ class Upstream:
             "models": list(self.models) if self.models is not None else None,
             "error": self.error,
         }
+
+
+class Lease:
+    """One request's claim on an upstream: counted in ``in_flight`` until released, exactly once.
+
+    A ``with lease:`` block owns it: it releases on the way out, whatever happened, unless
+    ``detach()`` handed it on to whoever reads the answer (who enters its own ``with lease:``,
+    or, for a stream, calls ``release()`` when the stream ends).
+    """
+
+    __slots__ = ("_held", "_kept", "upstream")
+
+    def __init__(self, upstream: Upstream):
+        self.upstream = upstream
+        self._held = True
+        self._kept = False
+        upstream.in_flight += 1
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self.upstream.in_flight -= 1
+
+    def detach(self) -> Lease:
+        """Keep the lease past the ``with`` block; the new owner calls ``release()``."""
+        self._kept = True
+        return self
+
+    def __enter__(self) -> Lease:
+        self._kept = False
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if not self._kept:
+            self.release()
 
 
 def _describe(exc: BaseException) -> str:
@@ -137,6 +174,14 @@ class UpstreamPool:
                 return tuple(str(c.get("id")) for c in cards), cards
         except (TimeoutError, aiohttp.ClientError, ValueError, AttributeError):
             return None, []
+
+    def lease(self, up: Upstream) -> Lease:
+        """Count a request on ``up`` until the lease is released (see Lease)."""
+        return Lease(up)
+
+    def mark_busy(self, up: Upstream) -> None:
+        """``up`` answered 503 (a full queue, a model still loading): others go first a while."""
+        up.busy_until = time.monotonic() + BUSY_BACKOFF
 
     def mark_failed(self, up: Upstream, error: str) -> None:
         if up.healthy:

@@ -1,0 +1,146 @@
+"""A stand-in model server for the agent's tests of failure paths and limits: the OpenAI API
+shape of `archon serve` (health, models, chat and completions, streamed or not, `usage` in the
+answer and, with stream_options.include_usage, a usage chunk before [DONE]), with switches for
+the ways a real server misbehaves. The real model server is tested in the same files too."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+FAKE_MODEL = "fake-model"
+
+
+class FakeUpstream:
+    """``mode``: ok; stall_body (headers, then part of the body, then nothing); broken_503 (a
+    503 whose body is cut off); refuse_503 (a whole 503). ``delay``: seconds before answering.
+    ``prompt_tokens`` is what every answer's usage reports; completion tokens are max_tokens
+    (default 5). ``bodies`` records what arrived."""
+
+    def __init__(self, model: str = FAKE_MODEL) -> None:
+        self.model = model
+        self.mode = "ok"
+        self.delay = 0.0
+        self.prompt_tokens = 10
+        self.bodies: list[dict[str, Any]] = []
+        self.released = threading.Event()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _json(self, status: int, body: dict[str, Any]) -> None:
+                raw = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def do_GET(self) -> None:
+                if self.path == "/health":
+                    self._json(200, {"status": "ok"})
+                elif self.path == "/v1/models":
+                    self._json(200, {"object": "list", "data": [{"id": fake.model}]})
+                else:
+                    self._json(404, {"error": {"message": "no such path"}})
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                fake.bodies.append(body)
+                if fake.delay:
+                    time.sleep(fake.delay)
+                if fake.mode == "stall_body":
+                    self.send_response(200)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", "1000")
+                    self.end_headers()
+                    self.wfile.write(b'{"id": "x", ')
+                    self.wfile.flush()
+                    fake.released.wait(60)
+                    return
+                if fake.mode == "broken_503":
+                    self.send_response(503)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", "500")
+                    self.end_headers()
+                    self.wfile.write(b'{"error": {"message": "queue')
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                if fake.mode == "refuse_503":
+                    self._json(503, {"error": {"message": "queue full", "type": "x"}})
+                    return
+                chat = self.path.endswith("/chat/completions")
+                completion = int(body.get("max_tokens") or body.get("max_completion_tokens") or 5)
+                usage = {
+                    "prompt_tokens": fake.prompt_tokens,
+                    "completion_tokens": completion,
+                    "total_tokens": fake.prompt_tokens + completion,
+                }
+                if body.get("stream"):
+                    self._stream(body, chat, completion, usage)
+                    return
+                choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
+                if chat:
+                    choice["message"] = {"role": "assistant", "content": "tok " * completion}
+                else:
+                    choice["text"] = "tok " * completion
+                self._json(
+                    200,
+                    {
+                        "id": "cmpl-fake",
+                        "object": "chat.completion" if chat else "text_completion",
+                        "created": int(time.time()),
+                        "model": fake.model,
+                        "choices": [choice],
+                        "usage": usage,
+                    },
+                )
+
+            def _stream(
+                self, body: dict[str, Any], chat: bool, completion: int, usage: dict[str, int]
+            ) -> None:
+                include = bool((body.get("stream_options") or {}).get("include_usage"))
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.end_headers()
+
+                def event(choices: list[dict[str, Any]], last_usage: Any = None) -> None:
+                    payload: dict[str, Any] = {
+                        "id": "cmpl-fake",
+                        "object": "chat.completion.chunk" if chat else "text_completion",
+                        "created": int(time.time()),
+                        "model": fake.model,
+                        "choices": choices,
+                    }
+                    if include:  # as archon serve and OpenAI: null on all but the last
+                        payload["usage"] = last_usage
+                    self.wfile.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
+                    self.wfile.flush()
+
+                for n in range(completion):
+                    finish = "length" if n == completion - 1 else None
+                    if chat:
+                        choice = {"index": 0, "delta": {"content": "tok "}, "finish_reason": finish}
+                    else:
+                        choice = {"index": 0, "text": "tok ", "finish_reason": finish}
+                    event([choice])
+                if include:
+                    event([], usage)
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.released.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
