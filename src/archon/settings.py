@@ -248,6 +248,18 @@ class KnowledgeBaseSettings(BaseSettings):
     )
     chunk_max_tokens: int = Field(800, ge=64, le=8192)
     chunk_min_tokens: int = Field(400, ge=0, le=8192)
+    rerank_url: str | None = Field(
+        None,
+        description="Base URL of an OpenAI-style rerank endpoint (vLLM, llama-server "
+        "--reranking) that reorders the fused candidates; off when unset.",
+    )
+    rerank_model: str = Field("", description="The model name sent to the rerank endpoint.")
+    rerank_timeout: float = Field(
+        2.0, gt=0, description="Seconds to wait for the reranker before keeping the fused order."
+    )
+    rerank_candidates: int = Field(
+        20, ge=1, le=200, description="How many fused candidates the reranker scores."
+    )
     chunk_context: bool = Field(
         False,
         description="Index each chunk with its repo and path besides its heading trail "

@@ -76,6 +76,12 @@ def create_app(
     sync_errors = Counter(
         "archon_kb_sync_errors", "Sources that failed to sync.", ["source"], registry=registry
     )
+    rerank_total = Counter(
+        "archon_kb_rerank",
+        "Queries sent to the reranker, by outcome (used, timeout, failed: fused order kept).",
+        ["outcome"],
+        registry=registry,
+    )
     registry.register(_StateGauges(lambda: holder["kb"]))
     stop = threading.Event()
 
@@ -102,6 +108,8 @@ def create_app(
             set_threads = getattr(kb.embedder, "set_threads", None)
             if set_threads is not None:
                 set_threads(settings.serve_threads)
+            if kb.reranker is not None:
+                kb.reranker.on_outcome = lambda outcome: rerank_total.labels(outcome).inc()
             kb.warm()
             # The index holds tens of thousands of long-lived objects: keep the garbage
             # collector from rescanning them on every full collection (query latency spikes).

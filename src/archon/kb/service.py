@@ -15,6 +15,7 @@ from archon.kb.embeddings import (
     bundled_model_path,
 )
 from archon.kb.index import MemoryIndex
+from archon.kb.rerank import Reranker
 from archon.kb.sources import load_sources
 from archon.kb.store import ChunkStore, Fusion, Mode
 from archon.kb.sync import State, Syncer, SyncReport, check_embedder
@@ -59,6 +60,11 @@ class KnowledgeBase:
             max_tokens=settings.chunk_max_tokens,
             min_tokens=settings.chunk_min_tokens,
             context=settings.chunk_context,
+        )
+        self.reranker = (
+            Reranker(settings.rerank_url, settings.rerank_model, timeout=settings.rerank_timeout)
+            if settings.rerank_url
+            else None
         )
         self._sync_lock = threading.Lock()
         self._index_lock = threading.Lock()
@@ -105,18 +111,25 @@ class KnowledgeBase:
     ) -> list[dict[str, Any]]:
         dense = self.embedder.embed_query(text) if mode != "bm25" else None
         searcher = self.store if self.settings.qdrant else self.index()
+        candidates = max(top_k, self.settings.rerank_candidates) if self.reranker else top_k
         hits = searcher.search(
             dense,
             text,
-            top_k=top_k,
+            top_k=candidates,
             mode=mode,
             sources=sources,
             path_prefix=path_prefix,
             fusion=fusion,
             dense_weight=dense_weight,
         )
+        if self.reranker is not None and len(hits) > 1:
+            scores = self.reranker.scores(text, [_rerank_text(h.payload) for h in hits])
+            if scores is not None:
+                for hit, score in zip(hits, scores, strict=True):
+                    hit.score = score
+                hits.sort(key=lambda h: -h.score)
         out = []
-        for hit in hits:
+        for hit in hits[:top_k]:
             if score_threshold is not None and hit.score < score_threshold:
                 continue
             p = hit.payload
@@ -156,4 +169,12 @@ class KnowledgeBase:
         return asdict(self.last_report) if self.last_report else None
 
     def close(self) -> None:
+        if self.reranker is not None:
+            self.reranker.close()
         self.store.close()
+
+
+def _rerank_text(payload: dict[str, Any]) -> str:
+    """What the cross-encoder reads: where the chunk sits, then the chunk."""
+    trail = " > ".join(payload.get("heading_path") or [])
+    return f"{payload.get('path', '')}: {trail}\n\n{payload.get('text') or ''}".strip()
