@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from archon.kb.chunking import FENCE, chunk_markdown, split_blocks
-from archon.kb.embeddings import SentenceTransformerEmbedder
-from archon.kb.service import KnowledgeBase
+from archon.kb.embeddings import Embedder
+from archon.kb.service import KnowledgeBase, make_embedder
 from archon.settings import KnowledgeBaseSettings
 from tests.support.servers import ARCHON, free_port
 
@@ -69,8 +69,10 @@ def sources_file(tmp: Path, repo: Path, **extra: object) -> Path:
 
 
 @pytest.fixture(scope="module")
-def embedder() -> SentenceTransformerEmbedder:
-    return SentenceTransformerEmbedder()
+def embedder(tmp_path_factory: pytest.TempPathFactory) -> Embedder:
+    """The default backend's embedder, as `kb sync` and `kb serve` make it (the CLI tests share
+    stores with these)."""
+    return make_embedder(KnowledgeBaseSettings(data_dir=tmp_path_factory.mktemp("embedder")))
 
 
 def kb_for(tmp: Path, embedder, sources: Path) -> KnowledgeBase:

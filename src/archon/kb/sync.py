@@ -252,5 +252,10 @@ def check_embedder(state: State, embedder: Embedder) -> None:
             f"embedding_model: the store was built with {recorded} "
             f"(dim {state.meta('embedding_dim')}) but {embedder.name} (dim {embedder.dim}) is "
             "configured; re-index with `archon kb sync --reindex` (rebuilds every chunk) or set "
-            f"embedding_model back to {recorded}"
+            f"embedding_model back to {recorded.split('@')[0]}"
+            + (
+                " and embedding_backend=onnx-int8"
+                if recorded.endswith("@onnx-int8")
+                else " and embedding_backend=onnx (or torch)"
+            )
         )
