@@ -262,9 +262,10 @@ class KnowledgeBaseSettings(BaseSettings):
         20, ge=1, le=200, description="How many fused candidates the reranker scores."
     )
     chunk_context: bool = Field(
-        False,
-        description="Index each chunk with its repo and path besides its heading trail "
-        "(changing it needs `kb sync --reindex`).",
+        True,
+        description="Index each chunk with its repo and path words besides its heading trail "
+        "(tuning half: hybrid nDCG@10 0.831 -> 0.840); a store built before applies a change "
+        "after `kb sync --reindex`.",
     )
     max_request_bytes: int = Field(64 * 1024, ge=1024)
 
