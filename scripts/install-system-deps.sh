@@ -12,6 +12,7 @@ declare -A NEED=(
   [curl]=curl          # the README's example request
   [promtool]=prometheus  # alert rule tests and the Prometheus the monitoring tests scrape with
   [chromium]=chromium    # the headless browser the agent chat-page test drives (via playwright)
+  [redis-server]=redis-server  # the agent's shared limits store, started by its tests
 )
 missing=()
 for cmd in "${!NEED[@]}"; do

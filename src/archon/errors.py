@@ -21,13 +21,23 @@ class ArchonError(Exception):
     status_code: int = 500
     error_type: str = "internal_error"
     code: str | None = None
+    headers: dict[str, str] | None = None  # sent with the error response (Retry-After, ...)
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.param = param
         if code is not None:
             self.code = code
+        if headers is not None:
+            self.headers = headers
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.error_type, self.param, self.code)
@@ -68,6 +78,34 @@ class ServiceUnavailableError(ArchonError):
 class AuthenticationError(ArchonError):
     status_code = 401
     error_type = "invalid_request_error"
+
+
+class ModelNotAllowedError(ArchonError):
+    """The key is valid but may not use this model (OpenAI: 403 model_not_found)."""
+
+    status_code = 403
+    error_type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class RateLimitError(ArchonError):
+    """A per-key rate limit (requests or tokens per minute, concurrent requests)."""
+
+    status_code = 429
+    error_type = "requests"  # OpenAI's type names the limit: "requests" or "tokens"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, error_type: str, headers: dict[str, str]):
+        super().__init__(message, headers=headers)
+        self.error_type = error_type
+
+
+class QuotaExceededError(ArchonError):
+    """A per-key token budget (daily or monthly) is used up."""
+
+    status_code = 429
+    error_type = "insufficient_quota"
+    code = "insufficient_quota"
 
 
 class GatewayTimeoutError(ArchonError):
@@ -172,7 +210,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ArchonError)
     async def _archon(_: Request, exc: ArchonError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status_code)
+        return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -270,6 +270,33 @@ def test_tool_round_trip_through_the_agent_keeps_its_sources(agent: Server) -> N
     assert chunks[-1].model_extra["sources"]
 
 
+def test_a_named_keys_stream_with_sources_is_metered(tmp_path: Path, kb: Server) -> None:
+    """Retrieval and metering together: the sources ride on the finish_reason chunk, the usage
+    chunk the agent asked for on the key's behalf is dropped, its tokens are counted."""
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(f"keys:\n  - name: team\n    key: {hash_key('team-key')}\n")
+    fake = FakeUpstream()
+    agent = start_agent(
+        tmp_path, [fake.url], kb.url, env={**AGENT_ENV, "ARCHON_AGENT_API_KEYS_FILE": str(keys)}
+    )
+    try:
+        wait_agent_ready(agent)
+        stream = client(agent, "team-key").chat.completions.create(
+            model=FAKE_MODEL, messages=ask(), max_tokens=3, stream=True
+        )
+        chunks = list(stream)
+        assert fake.bodies[-1]["stream_options"] == {"include_usage": True}
+        assert all(c.choices for c in chunks)
+        assert chunks[-1].choices[0].finish_reason == "length"
+        assert chunks[-1].model_extra["sources"]
+        metrics = httpx.get(agent.url + "/metrics", timeout=10).text
+        line = f'archon_agent_tokens_total{{key="team",kind="completion",model="{FAKE_MODEL}"}} 3.0'
+        assert line in metrics
+    finally:
+        agent.stop()
+        fake.stop()
+
+
 def test_knowledge_base_stopped_means_degraded_answers_not_errors(
     agent: Server, kb: Server
 ) -> None:

@@ -18,8 +18,9 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from archon import __version__
-from archon.agent.auth import KeyRing
+from archon.agent.auth import ApiKey, KeyRing
 from archon.agent.gateway import Gateway
+from archon.agent.limits import Limiter, make_backend
 from archon.agent.metrics import AgentMetrics
 from archon.agent.rag import KnowledgeBaseClient
 from archon.agent.upstreams import UpstreamPool
@@ -58,7 +59,23 @@ def create_app(settings: AgentSettings) -> FastAPI:
         else None
     )
     metrics = AgentMetrics(pool, kb)
-    gateway = Gateway(settings, pool, kb, metrics)
+    limiter: Limiter | None = None
+    if keys.metered:
+        redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+
+        def backend_failed(operation: str, exc: BaseException) -> None:
+            assert limiter is not None
+            limiter.backend_failed(operation, exc)
+
+        limiter = Limiter(
+            make_backend(redis_url, backend_failed),
+            metrics,
+            pool,
+            fail_closed=settings.limits_fail_closed,
+        )
+    elif settings.redis_url:
+        log.info("redis_url is set but no key is named in the keys file: nothing to count")
+    gateway = Gateway(settings, pool, kb, metrics, limiter)
 
     async def watch_kb() -> None:
         assert kb is not None
@@ -74,6 +91,13 @@ def create_app(settings: AgentSettings) -> FastAPI:
         )
         gateway.session = session
         await pool.start(session)
+        if limiter is not None:
+            await limiter.backend.start()
+            log.info(
+                "limits and usage of %d named key(s) kept in %s",
+                len(keys.metered),
+                limiter.backend.kind,
+            )
         kb_task = None
         if kb is not None:
             kb.session = session
@@ -93,6 +117,8 @@ def create_app(settings: AgentSettings) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await kb_task
             await pool.close()
+            if limiter is not None:
+                await limiter.backend.close()
             await session.close()
 
     app = FastAPI(title="Archon agent", version=__version__, lifespan=lifespan)
@@ -102,11 +128,13 @@ def create_app(settings: AgentSettings) -> FastAPI:
     def api(route: str) -> Callable[..., Any]:
         """Wrap an endpoint of the OpenAI API: authentication first, errors counted."""
 
-        def wrap(handler: Callable[[Request], Awaitable[Any]]) -> Callable[..., Any]:
+        def wrap(
+            handler: Callable[[Request, ApiKey | None], Awaitable[Any]],
+        ) -> Callable[..., Any]:
             async def endpoint(request: Request) -> Any:
                 try:
-                    keys.check(request.headers.get("authorization"))
-                    return await handler(request)
+                    key = keys.check(request.headers.get("authorization"))
+                    return await handler(request, key)
                 except ArchonError as exc:
                     gateway.count_error(route, exc)
                     raise
@@ -119,21 +147,37 @@ def create_app(settings: AgentSettings) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     @api("chat")
-    async def chat_completions(request: Request) -> Response:
+    async def chat_completions(request: Request, key: ApiKey | None) -> Response:
         """Chat with retrieval: context from the knowledge base, `sources` in the answer."""
-        return await gateway.chat(request)
+        return await gateway.chat(request, key)
 
     @app.post("/v1/completions")
     @api("completions")
-    async def completions(request: Request) -> Response:
+    async def completions(request: Request, key: ApiKey | None) -> Response:
         """Plain completions, passed through to a model server."""
-        return await gateway.completions(request)
+        return await gateway.completions(request, key)
 
     @app.get("/v1/models")
     @api("models")
-    async def models(request: Request) -> dict[str, Any]:
-        """The models of the healthy model servers."""
-        return await gateway.models()
+    async def models(_: Request, key: ApiKey | None) -> dict[str, Any]:
+        """The models of the healthy model servers (those the key may use)."""
+        return await gateway.models(key)
+
+    @app.get("/v1/usage")
+    @api("usage")
+    async def usage(_: Request, key: ApiKey | None) -> dict[str, Any]:
+        """Usage and limits of the named keys: an admin key sees every key, another its own."""
+        if limiter is None or key is None:
+            visible: tuple[ApiKey, ...] = ()
+        elif key.admin:
+            visible = keys.metered
+        else:
+            visible = (key,) if key.metered else ()
+        return {
+            "object": "list",
+            "backend": limiter.backend.kind if limiter is not None else None,
+            "data": await limiter.report(visible) if limiter is not None else [],
+        }
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -157,6 +201,8 @@ def create_app(settings: AgentSettings) -> FastAPI:
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
+        if limiter is not None:
+            metrics.budgets = await limiter.budgets(keys.metered)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     if (UI_DIR / "index.html").is_file():

@@ -19,6 +19,8 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from archon.agent.auth import ApiKey
+from archon.agent.limits import Grant, Limiter, StreamMeter, usage_of
 from archon.agent.metrics import AgentMetrics
 from archon.agent.rag import (
     ArchonOptions,
@@ -61,7 +63,8 @@ class Prepared:
     outcome: Outcome
     sources: list[dict[str, Any]] = field(default_factory=list)
     conversation: str | None = None
-    include_usage: bool = False
+    include_usage: bool = False  # the client asked for the usage chunk
+    grant: Grant | None = None  # a metered key's admission (archon.agent.limits)
 
 
 class Gateway:
@@ -71,11 +74,13 @@ class Gateway:
         pool: UpstreamPool,
         kb: KnowledgeBaseClient | None,
         metrics: AgentMetrics,
+        limits: Limiter | None = None,
     ):
         self.settings = settings
         self.pool = pool
         self.kb = kb
         self.metrics = metrics
+        self.limits = limits  # None: no key is metered, nothing to check or count
         self.session: aiohttp.ClientSession | None = None
         self.headers = {"content-type": "application/json", **pool.headers}
         self.timeout = aiohttp.ClientTimeout(
@@ -84,23 +89,29 @@ class Gateway:
 
     # -- requests -------------------------------------------------------------------------
 
-    async def chat(self, request: Request) -> Response:
+    async def chat(self, request: Request, key: ApiKey | None = None) -> Response:
         began = time.perf_counter()
         raw = await request.body()
-        prepared = await self.prepare_chat(raw)
+        prepared = await self.prepare_chat(raw, key)
         return await self._forward(request, "/v1/chat/completions", "chat", prepared, began)
 
-    async def completions(self, request: Request) -> Response:
+    async def completions(self, request: Request, key: ApiKey | None = None) -> Response:
         began = time.perf_counter()
         raw = await request.body()
         data = parse_json_object(raw)
         model = data.get("model")
+        stream = data.get("stream") is True
+        grant = None
+        if key is not None and key.metered and self.limits is not None:
+            grant = await self.limits.admit(key, data, stream, len(raw))
+            if grant.changed:
+                raw = json.dumps(data, ensure_ascii=False).encode()
         prepared = Prepared(
-            raw, model if isinstance(model, str) else None, data.get("stream") is True, "off"
+            raw, model if isinstance(model, str) else None, stream, "off", grant=grant
         )
         return await self._forward(request, "/v1/completions", "completions", prepared, began)
 
-    async def models(self) -> dict[str, Any]:
+    async def models(self, key: ApiKey | None = None) -> dict[str, Any]:
         healthy = [up for up in self.pool.upstreams if up.healthy]
         if not healthy:
             await self.pool.recheck_soon()
@@ -110,11 +121,14 @@ class Gateway:
                 self.pool.no_upstream_message(), code="no_healthy_upstream"
             )
         # The health checks refresh each upstream's models every health_interval.
-        return {"object": "list", "data": self.pool.known_models()}
+        cards = self.pool.known_models()
+        if key is not None and key.models is not None:
+            cards = [c for c in cards if key.may_use(str(c.get("id")))]
+        return {"object": "list", "data": cards}
 
     # -- chat preparation -----------------------------------------------------------------
 
-    async def prepare_chat(self, raw: bytes) -> Prepared:
+    async def prepare_chat(self, raw: bytes, key: ApiKey | None = None) -> Prepared:
         data = parse_json_object(raw)
         changed = "archon" in data
         options = ArchonOptions.parse(data.pop("archon", None))
@@ -134,10 +148,20 @@ class Gateway:
         include_usage = isinstance(stream_options, dict) and bool(
             stream_options.get("include_usage")
         )
+        grant = None
+        if key is not None and key.metered and self.limits is not None:
+            # Before retrieval: a refused request costs no knowledge-base query.
+            grant = await self.limits.admit(key, data, stream, len(raw))
+            changed |= grant.changed
         outcome: Outcome = "off"
         sources: list[dict[str, Any]] = []
         if options.rag and self.kb is not None:
-            outcome, sources, augmented = await self._retrieve(options, messages)
+            try:
+                outcome, sources, augmented = await self._retrieve(options, messages)
+            except BaseException:
+                if grant is not None:
+                    grant.finish(499)
+                raise
             if augmented is not messages:
                 data["messages"], changed = augmented, True
         self.metrics.rag.labels(outcome).inc()
@@ -151,6 +175,7 @@ class Gateway:
             sources,
             conversation,
             include_usage,
+            grant,
         )
 
     async def _retrieve(
@@ -226,11 +251,30 @@ class Gateway:
     async def _forward(
         self, request: Request, path: str, route: str, prepared: Prepared, began: float
     ) -> Response:
+        grant = prepared.grant
+        if grant is None:
+            return await self._send(request, path, route, prepared, began)
+        try:
+            return await self._send(request, path, route, prepared, began)
+        except ArchonError as exc:
+            grant.finish(exc.status_code)
+            exc.headers = {**grant.headers, **(exc.headers or {})}
+            raise
+        except BaseException:
+            grant.finish(499)
+            raise
+
+    async def _send(
+        self, request: Request, path: str, route: str, prepared: Prepared, began: float
+    ) -> Response:
         resp, lease = await self.open(path, prepared)
         up = lease.upstream
         headers = {"x-archon-rag": prepared.outcome, "x-archon-upstream": str(up.number)}
+        grant = prepared.grant
+        if grant is not None:
+            headers.update(grant.headers)
         if prepared.stream and resp.status == 200:
-            stream = _Stream(self, resp, lease, route, began)
+            stream = _Stream(self, resp, lease, route, began, grant)
             try:
                 return StreamingResponse(
                     self._relay(stream, prepared),
@@ -248,6 +292,8 @@ class Gateway:
                 raw = await self._read_unless_client_left(request, resp)
             except ClientGone:
                 self.observe(route, 499, began)
+                if grant is not None:
+                    grant.finish(499, estimate=True)
                 return Response(status_code=499)
             except aiohttp.SocketTimeoutError:  # a ClientError too: it goes first
                 resp.close()
@@ -264,6 +310,8 @@ class Gateway:
                     code="upstream_failed",
                 ) from None
         self.observe(route, resp.status, began)
+        if grant is not None:
+            grant.finish(resp.status, usage_of(raw) if resp.status == 200 else None)
         content_type = resp.headers.get("content-type", "application/json")
         if resp.status != 200 or prepared.outcome == "off" or route != "chat":
             return Response(raw, status_code=resp.status, media_type=content_type, headers=headers)
@@ -292,10 +340,13 @@ class Gateway:
 
     async def _relay(self, stream: _Stream, prepared: Prepared) -> AsyncIterator[bytes]:
         resp, up = stream.resp, stream.lease.upstream
+        meter = stream.grant.meter if stream.grant is not None else None
         finished = False
         try:
             if prepared.outcome != "off" and stream.route == "chat":
-                events = self._attach_sources(resp, prepared, stream.began)
+                events = self._attach_sources(resp, prepared, stream.began, meter)
+            elif meter is not None:
+                events = self._metered(resp, stream.began, meter)
             else:
                 events = self._pass_through(resp, stream.began)
             async for chunk in events:
@@ -330,23 +381,60 @@ class Gateway:
         if not tail.rstrip().endswith(b"[DONE]"):
             raise _MidStreamFailure("the stream ended without [DONE]")
 
+    async def _metered(
+        self, resp: aiohttp.ClientResponse, began: float, meter: StreamMeter
+    ) -> AsyncIterator[bytes]:
+        """Relay line by line for a metered key: the meter reads the usage chunk (and drops it
+        when only the agent asked for it)."""
+        first = True
+        done = dropped = False
+        async for line in resp.content:
+            if dropped:
+                dropped = False
+                if not line.strip():
+                    continue  # the blank line that ended the dropped event
+            if line.startswith(b"data:"):
+                if first:
+                    self.metrics.ttft_seconds.observe(time.perf_counter() - began)
+                    first = False
+                payload = line[5:].strip()
+                if payload == b"[DONE]":
+                    done = True
+                elif meter.drop(payload):
+                    dropped = True
+                    continue
+            yield line
+        if not done:
+            raise _MidStreamFailure("the stream ended without [DONE]")
+
     async def _attach_sources(
-        self, resp: aiohttp.ClientResponse, prepared: Prepared, began: float
+        self,
+        resp: aiohttp.ClientResponse,
+        prepared: Prepared,
+        began: float,
+        meter: StreamMeter | None = None,
     ) -> AsyncIterator[bytes]:
         """Relay event by event, adding ``sources`` to the last chunk before [DONE]: the one
         with the finish_reason (or, with include_usage, the usage chunk after it)."""
         answer: list[str] = []
         attached = False
         first = True
+        dropped = False
         template: dict[str, Any] = {}
         async for line in resp.content:
             if not line.startswith(b"data:"):
+                if dropped and not line.strip():
+                    dropped = False
+                    continue  # the blank line that ended the dropped event
                 yield line
                 continue
             if first:
                 self.metrics.ttft_seconds.observe(time.perf_counter() - began)
                 first = False
             payload = line[5:].strip()
+            if meter is not None and payload != b"[DONE]" and meter.drop(payload):
+                dropped = True
+                continue
             if payload == b"[DONE]":
                 if not attached:
                     yield sse_event(
@@ -403,9 +491,10 @@ class _Stream:
         lease: Lease,
         route: str,
         began: float,
+        grant: Grant | None = None,
     ):
         self.gateway, self.resp, self.lease = gateway, resp, lease
-        self.route, self.began = route, began
+        self.route, self.began, self.grant = route, began, grant
         self.ended = False
 
     def end(self, finished: bool) -> None:
@@ -418,6 +507,8 @@ class _Stream:
             self.resp.close()  # the client left or the upstream broke: stop the generation
         self.lease.release()
         self.gateway.observe(self.route, 200, self.began)
+        if self.grant is not None:
+            self.grant.finish(200, estimate=True)
 
 
 class ClientGone(Exception):

@@ -47,6 +47,31 @@ class _PoolGauges(Collector):
         yield kb_up
 
 
+class _BudgetGauges(Collector):
+    """Token budgets of the keys and what each used in the current period (UTC day or month),
+    as read from the limits store just before the scrape (AgentMetrics.budgets)."""
+
+    def __init__(self, metrics: AgentMetrics):
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        budget = GaugeMetricFamily(
+            "archon_agent_key_budget_tokens",
+            "A key's token budget for the period (daily or monthly).",
+            labels=["key", "period"],
+        )
+        used = GaugeMetricFamily(
+            "archon_agent_key_budget_used_tokens",
+            "Tokens a key used in the current period (UTC day or month), from the limits store.",
+            labels=["key", "period"],
+        )
+        for key, period, limit, spent in self.metrics.budgets:
+            budget.add_metric([key, period], float(limit))
+            used.add_metric([key, period], float(spent))
+        yield budget
+        yield used
+
+
 class AgentMetrics:
     def __init__(self, pool: UpstreamPool, kb: KnowledgeBaseClient | None):
         disable_created_metrics()
@@ -90,6 +115,35 @@ class AgentMetrics:
             ["upstream", "kind"],
             registry=r,
         )
+        # Per key (names from the keys file, never the keys) and model (a served model's name,
+        # "other" for names no model server serves): a bounded label set.
+        self.key_requests = Counter(
+            "archon_agent_key_requests",
+            "Requests of keys named in the keys file, by key, model and HTTP status.",
+            ["key", "model", "code"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "archon_agent_tokens",
+            "Tokens of keys named in the keys file (the model server's usage), by kind.",
+            ["key", "model", "kind"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "archon_agent_rate_limited",
+            "Requests refused with 429, by key and limit (requests, tokens, concurrency, budget).",
+            ["key", "limit"],
+            registry=r,
+        )
+        self.limits_backend_errors = Counter(
+            "archon_agent_limits_backend_errors",
+            "Failed calls to the limits store (Redis), by operation (connect, admit, settle, "
+            "leases, usage).",
+            ["operation"],
+            registry=r,
+        )
+        self.budgets: list[tuple[str, str, int, int]] = []  # (key, period, budget, used)
         for outcome in ("used", "none", "degraded", "off"):
             self.rag.labels(outcome)
         r.register(_PoolGauges(pool, kb))
+        r.register(_BudgetGauges(self))

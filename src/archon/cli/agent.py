@@ -84,6 +84,101 @@ def hash_key() -> None:
     typer.echo(digest_of(key))
 
 
+@agent_app.command("usage")
+def usage(
+    url: Annotated[str, typer.Option(help="The agent's base URL.")] = "http://127.0.0.1:8080",
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="ARCHON_API_KEY",
+            help="A key of the agent's keys file: an admin key shows every key, another its own.",
+        ),
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the JSON.")] = False,
+) -> None:
+    """Requests and tokens per named key and model (today and this month, UTC) and limits."""
+    import json
+
+    import httpx
+
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        resp = httpx.get(url.rstrip("/") + "/v1/usage", headers=headers, timeout=10)
+    except httpx.HTTPError as exc:
+        _fail(f"{url} is unreachable: {exc}", 1)
+        return
+    if resp.status_code != 200:
+        try:
+            message = resp.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = resp.text[:200]
+        _fail(f"{url}/v1/usage answered {resp.status_code}: {message}", 1)
+    report = resp.json()
+    if json_output:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    _print_usage(url, report)
+
+
+def _print_usage(url: str, report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not report["data"]:
+        console.print(
+            f"{url}: no usage to show (no key is named in the agent's keys file, "
+            "or this key is not one of them)"
+        )
+        return
+    table = Table(title=f"archon agent usage {url} ({report.get('backend')})")
+    for column in ("key", "period", "model", "requests", "prompt", "completion", "total"):
+        table.add_column(
+            column, justify="left" if column in ("key", "period", "model") else "right"
+        )
+    table.add_column("budget", justify="right")
+    table.add_column("limits")
+    for entry in report["data"]:
+        limits = ", ".join(f"{k}={v}" for k, v in entry["limits"].items())
+        if entry.get("models"):
+            limits += (", " if limits else "") + "models=" + "|".join(entry["models"])
+        first = True
+        for period in ("today", "month"):
+            p = entry[period]
+            budget = ""
+            if p["budget"]:
+                share = 100 * p["total_tokens"] / p["budget"]
+                colour = "red" if share >= 90 else ("yellow" if share >= 75 else "green")
+                budget = f"[{colour}]{share:.0f}%[/{colour}] of {p['budget']:,}"
+            table.add_row(
+                entry["key"] if first else "",
+                f"{period} {p['period']}",
+                "all",
+                f"{p['requests']:,}",
+                f"{p['prompt_tokens']:,}",
+                f"{p['completion_tokens']:,}",
+                f"{p['total_tokens']:,}",
+                budget,
+                (f"{entry['priority']}; " + limits) if first else "",
+            )
+            first = False
+            if period == "today":
+                for model, c in p["models"].items():
+                    table.add_row(
+                        "",
+                        "",
+                        model,
+                        f"{c['requests']:,}",
+                        f"{c['prompt_tokens']:,}",
+                        f"{c['completion_tokens']:,}",
+                        f"{c['prompt_tokens'] + c['completion_tokens']:,}",
+                        "",
+                        "",
+                    )
+        table.add_section()
+    console.print(table)
+
+
 @app.command()
 def up(
     sources: Annotated[
