@@ -249,6 +249,51 @@ def test_configmap_and_secret_reach_the_agent_as_its_settings(
     assert upstream_key["valueFrom"]["secretKeyRef"] == ms_key  # same name, key, optional
 
 
+def test_the_redis_overlay_shares_limits_between_the_replicas(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """manifests/overlays/agent-redis: redis_url names its Service, the agent may reach Redis
+    and only the agent may, and the settings parse."""
+    from archon.settings import AgentSettings
+
+    docs = kustomize(ROOT / "manifests/overlays/agent-redis")
+    for doc in docs:
+        validate(doc)
+    env = agent_env(docs)
+    url = urlsplit(env["ARCHON_AGENT_redis_url"])
+    assert url.scheme == "redis"
+    service = find(docs, "Service", url.hostname)
+    (port,) = service["spec"]["ports"]
+    assert port["port"] == url.port == 6379
+    redis = find(docs, "Deployment", "archon-agent-redis")
+    redis_pod = redis["spec"]["template"]
+    assert selects({"matchLabels": service["spec"]["selector"]}, redis_pod["metadata"]["labels"])
+    (container,) = redis_pod["spec"]["containers"]
+    assert container["ports"][0]["containerPort"] == 6379
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert "--save" in container["args"]  # counters only: nothing written to disk
+
+    pod, _ = agent_pod(docs)
+    agent_labels = pod["metadata"]["labels"]
+    ns = namespace_labels(docs)
+    egress = find(docs, "NetworkPolicy", "archon-agent")["spec"]["egress"]
+    assert allows(egress, "to", "archon-agent", ns, redis_pod["metadata"]["labels"], 6379)
+    ingress = find(docs, "NetworkPolicy", "archon-agent-redis")["spec"]["ingress"]
+    assert allows(ingress, "from", "archon-agent", ns, agent_labels, 6379)
+    assert not allows(ingress, "from", "archon-agent", ns, {"app": "other"}, 6379)
+    # The base bundle is unchanged: no Redis, no redis_url (each replica counts for itself).
+    assert "ARCHON_AGENT_redis_url" not in agent_env(agent_docs())
+
+    for key in [k for k in os.environ if k.upper().startswith("ARCHON_AGENT_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = AgentSettings()
+    assert settings.redis_url is not None
+    assert settings.redis_url.get_secret_value() == "redis://archon-agent-redis:6379/0"
+    assert settings.limits_fail_closed is False
+
+
 def test_upstreams_and_knowledge_base_name_the_shipped_services() -> None:
     env = agent_env(agent_docs())
     urls = [u for u in re.split(r"[,\s]+", env["ARCHON_AGENT_upstreams"]) if u]
@@ -424,6 +469,12 @@ def test_alerts_and_dashboard_read_only_the_agents_metrics() -> None:
         "archon_agent_upstream_in_flight",
         "archon_agent_upstream_healthy",
         "archon_agent_knowledge_base_up",
+        "archon_agent_key_requests_total",
+        "archon_agent_tokens_total",
+        "archon_agent_rate_limited_total",
+        "archon_agent_limits_backend_errors_total",
+        "archon_agent_key_budget_tokens",
+        "archon_agent_key_budget_used_tokens",
     }
     text = RULES.read_text() + json.dumps(json.loads(DASHBOARD.read_text()))
     used = {_family(n) for n in re.findall(r"archon_agent_[a-z_]+", text)}

@@ -28,6 +28,7 @@ KUSTOMIZATIONS = [
     "manifests/model-server",
     "manifests/overlays/cpu",
     "manifests/agent",
+    "manifests/overlays/agent-redis",
     "pipeline",
     "manifests/argocd",
 ]

@@ -297,6 +297,8 @@ def test_dashboard_covers_what_operators_look_at() -> None:
         "archon_agent_rag_requests_total",
         "archon_agent_upstream_healthy",
         "archon_agent_upstream_in_flight",
+        "archon_agent_tokens_total",  # usage per key
+        "archon_agent_key_budget_used_tokens",
     ):
         assert name in text, name
     quantiles = set(re.findall(r"histogram_quantile\((0\.\d+)", text))
