@@ -78,6 +78,7 @@ def test_durations_read_as_openai_writes_them() -> None:
     assert duration(8.64) == "8.64s"
     assert duration(360) == "6m0s"
     assert duration(3723) == "1h2m3s"
+    assert duration(59.99996) == "1m0s"
 
 
 def test_windows_end_with_the_utc_minute_day_and_month() -> None:

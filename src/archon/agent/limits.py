@@ -83,6 +83,7 @@ class Windows:
 
 def duration(seconds: float) -> str:
     """As OpenAI writes x-ratelimit-reset-*: 20ms, 1s, 6m0s, 1h2m3s."""
+    seconds = round(seconds, 3)
     if seconds < 1:
         return f"{max(0, round(seconds * 1000))}ms"
     hours, rest = divmod(seconds, 3600)
@@ -298,15 +299,20 @@ class RedisBackend:
 
     def __init__(self, url: str, on_error: Callable[[str, BaseException], None]):
         import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
         self.url = url
         self._on_error = on_error
+        # No retries inside a request: a failed call is answered at once (fail open or closed),
+        # and the next request tries again.
         self._redis = aioredis.Redis.from_url(
             url,
             socket_timeout=REDIS_TIMEOUT,
             socket_connect_timeout=REDIS_TIMEOUT,
             health_check_interval=0,
             retry_on_timeout=False,
+            retry=Retry(NoBackoff(), 0),
         )
         self._admit = self._redis.register_script(_ADMIT)
         self._leases: dict[str, str] = {}  # open leases of this process -> key name

@@ -139,9 +139,14 @@ def _print_usage(url: str, report: dict) -> None:
     table.add_column("budget", justify="right")
     table.add_column("limits")
     for entry in report["data"]:
-        limits = ", ".join(f"{k}={v}" for k, v in entry["limits"].items())
+        parts = [entry["priority"], *(f"{k}={v}" for k, v in entry["limits"].items())]
         if entry.get("models"):
-            limits += (", " if limits else "") + "models=" + "|".join(entry["models"])
+            parts.append("models=" + "|".join(entry["models"]))
+        if entry.get("max_tokens"):
+            parts.append(f"max_tokens={entry['max_tokens']}")
+        if entry.get("admin"):
+            parts.append("admin")
+        limits = ", ".join(parts)
         first = True
         for period in ("today", "month"):
             p = entry[period]
@@ -159,7 +164,7 @@ def _print_usage(url: str, report: dict) -> None:
                 f"{p['completion_tokens']:,}",
                 f"{p['total_tokens']:,}",
                 budget,
-                (f"{entry['priority']}; " + limits) if first else "",
+                limits if first else "",
             )
             first = False
             if period == "today":
