@@ -168,6 +168,26 @@ def test_chat_stream_matches_non_stream_and_reports_usage(client: openai.OpenAI)
     assert len({c.id for c in chunks}) == 1
 
 
+def test_completions_stream_usage_only_in_the_last_chunk(server: Server) -> None:
+    """OpenAI's legacy completion schema has no null usage (chat chunks have one): the chunks
+    before the last leave the field out."""
+    body = {
+        "model": MODEL,
+        "prompt": "Hello",
+        "max_tokens": 4,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    with httpx.stream("POST", f"{server.url}/v1/completions", json=body) as response:
+        events = [
+            json.loads(line[len("data: ") :])
+            for line in response.iter_lines()
+            if line.startswith("data: {")
+        ]
+    assert all("usage" not in e for e in events[:-1])
+    assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] >= 1
+
+
 def test_raw_sse_framing_ends_with_done(server: Server) -> None:
     body = {"model": MODEL, "prompt": "Hello", "max_tokens": 4, "stream": True}
     with httpx.stream("POST", f"{server.url}/v1/completions", json=body) as response:

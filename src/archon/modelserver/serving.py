@@ -363,7 +363,9 @@ class CompletionService:
                 "model": self.served_name,
                 "choices": [choice] if choice is not None else [],
             }
-            if prepared.include_usage:
+            # Chat chunks carry "usage": null until the last (OpenAI's spec); the legacy
+            # completions schema has no null usage, so its chunks leave it out instead.
+            if prepared.include_usage and (usage is not None or obj == "chat.completion.chunk"):
                 payload["usage"] = usage
             return sse_event(payload)
 
