@@ -1,11 +1,16 @@
 """The agent's chat page in a real headless Chromium, against a real agent, model server
 and knowledge base: streamed answers with their sources, the retrieval notices, the
-API-key prompt, and errors shown inline."""
+API-key prompt, and errors shown inline. What needs an exact answer (Markdown, HTML that must
+not run, citations) comes from a stand-in model server behind a real agent and knowledge base.
+
+With ARCHON_SCREENSHOTS=DIR set, test_source_cards writes DIR/chat-page.png (the one in
+docs/images comes from there)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,15 +26,19 @@ from playwright.sync_api import (
 )
 
 from tests.support import stack
+from tests.support.fake_upstream import FakeUpstream
 from tests.support.servers import Server, free_port
 from tests.support.stack import start_kb, wait_agent_ready
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's, from scripts/install-system-deps.sh
 ANSWER_TIMEOUT_MS = 180_000  # the CPU is shared; the 135M model usually needs a few seconds
-# The page never sets max_tokens; the test adds it to the requests the page sends
-# (see `page`) to keep the small model's rambles short.
+# The page asks for max_tokens 512; the test lowers it in the requests the page sends
+# (see ChatPage) to keep the small model's rambles short.
+PAGE_MAX_TOKENS = 512
 MAX_TOKENS = 48
 DOC_URL = "https://docs.example.test/"
+XSS_SCRIPT = "<script>window.__xss=1</script>"
+XSS_IMG = '<img src=x onerror="window.__xss=1">'
 
 DOCS = {
     "docs/zorblax/overview.md": """# Zorblax overview
@@ -56,6 +65,16 @@ Set `flux_governor.enabled: false` to let kettle nodes steep without limit.
 
 The documentation of Zorblax, the quantum-teapot scheduler.
 """,
+    # Markup in a doc: it reaches the page in a source card's snippet and must stay text.
+    "docs/zorblax/glaze-labels.md": f"""# Glaze labels
+
+A Zorblax glaze label may hold markup such as {XSS_SCRIPT} or {XSS_IMG} and Zorblax prints
+glaze labels as they are, markup and all.
+
+## Glaze label length
+
+A glaze label holds at most 40 characters.
+""",
 }
 
 
@@ -70,7 +89,9 @@ def kb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     sources = tmp / "sources.yaml"
     entry = {"name": "zorblax", "path": str(folder), "url_template": DOC_URL + "{path}#L{line}"}
     sources.write_text(json.dumps({"sources": [entry]}))  # JSON is YAML
-    server = start_kb(tmp, sources)
+    # One chunk per section (these docs are far below the default minimum), so the cards
+    # show heading trails of two levels.
+    server = start_kb(tmp, sources, env={"ARCHON_KB_CHUNK_MIN_TOKENS": "0"})
     try:
         yield server.url
     finally:
@@ -157,12 +178,64 @@ def chat(browser: Browser) -> Iterator[ChatPage]:
         context.close()
 
 
+@pytest.fixture(scope="module")
+def standin() -> Iterator[FakeUpstream]:
+    """A stand-in model server that answers what a test sets in ``reply``."""
+    fake = FakeUpstream()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def standin_agent(tmp_path_factory, standin: FakeUpstream, kb: str) -> Iterator[Server]:
+    agent = start_agent(tmp_path_factory.mktemp("standin-agent"), standin.url, kb)
+    yield agent
+    agent.stop()
+
+
+@pytest.fixture
+def clipboard_chat(browser: Browser) -> Iterator[ChatPage]:
+    context = browser.new_context(permissions=["clipboard-read", "clipboard-write"])
+    try:
+        yield ChatPage(context.new_page())
+    finally:
+        context.close()
+
+
 def sources_of(answer: Locator) -> list[dict]:
+    """Each source card: its text, parts and links."""
     return answer.get_by_test_id("source").evaluate_all(
-        """items => items.map(li => ({
-            text: li.textContent,
-            hrefs: [...li.querySelectorAll('a')].map(a => a.href),
-        }))"""
+        """items => items.map(li => {
+            const part = (id) => li.querySelector(`[data-testid="${id}"]`)?.textContent ?? null;
+            return {
+                text: li.textContent,
+                name: part("source-name"),
+                trail: part("source-trail"),
+                snippet: part("source-snippet"),
+                where: part("source-link"),
+                cited: li.dataset.cited === "true",
+                badge: part("cited-badge"),
+                hrefs: [...li.querySelectorAll('a')].map(a => a.href),
+            };
+        })"""
+    )
+
+
+def markup_in(locator: Locator) -> dict:
+    """What in this part of the page could run: script/img/iframe/object elements, on*
+    attributes, and links that are not http(s)."""
+    return locator.evaluate(
+        """root => {
+            const all = [...root.querySelectorAll('*')];
+            return {
+                elements: all.filter(e => /^(SCRIPT|IMG|IFRAME|OBJECT|EMBED|SVG|STYLE)$/i
+                    .test(e.tagName)).map(e => e.outerHTML),
+                handlers: all.flatMap(e => [...e.attributes].filter(a => /^on/i.test(a.name))
+                    .map(a => `${e.tagName} ${a.name}`)),
+                hrefs: all.filter(e => e.hasAttribute('href')).map(e => e.getAttribute('href'))
+                    .filter(h => !/^(https?:|#)/.test(h)),
+            };
+        }"""
     )
 
 
@@ -180,7 +253,7 @@ def test_answers_with_sources_then_without_the_knowledge_base(agent: Server, cha
     sources = sources_of(answer)
     assert sources, answer.inner_html()
     assert any("docs/zorblax/flux-governor.md:" in s["text"] for s in sources), sources
-    assert all(s["text"].startswith("zorblax") for s in sources), sources
+    assert all(s["name"] == "zorblax" for s in sources), sources
     hrefs = [h for s in sources for h in s["hrefs"]]
     assert hrefs and all(h.startswith(DOC_URL) for h in hrefs), hrefs
     for href in answer.get_by_test_id("citation").evaluate_all("links => links.map(a => a.href)"):
@@ -291,3 +364,228 @@ def test_shows_the_agents_error_inline(tmp_path: Path, kb: str, chat: ChatPage):
         assert chat.unexpected_errors("status of 503", "status of 502") == []
     finally:
         agent.stop()
+
+
+def test_no_html_from_the_model_or_the_docs_runs(standin_agent: Server, standin, chat: ChatPage):
+    standin.reply = (
+        f"A glaze label may hold {XSS_SCRIPT} or {XSS_IMG} [1].\n\n"
+        f"{XSS_IMG}\n\n"
+        '<b onmouseover="window.__xss=1">**bold**</b> and '
+        "[a javascript: link](javascript:window.__xss=1), "
+        "[a data: link](data:text/html,<script>window.__xss=1</script>) and "
+        "![an image](https://docs.example.test/x.png)\n\n"
+        f"```html\n{XSS_SCRIPT}\n```\n"
+    )
+    page = chat.page
+    page.goto(f"{standin_agent.url}/")
+    answer, state = chat.ask("What markup may a Zorblax glaze label hold?")
+    assert state == "done", answer.inner_text()
+
+    # The payload is shown, as text, in the answer and in the doc's source card.
+    text = answer.get_by_test_id("answer-text")
+    expect(text).to_contain_text(f"may hold {XSS_SCRIPT} or {XSS_IMG}")
+    expect(text.locator("strong")).to_have_text("bold")
+    expect(text.locator("pre code")).to_have_text(XSS_SCRIPT)
+    expect(text).to_contain_text("a javascript: link")
+    glaze = [s for s in sources_of(answer) if "glaze-labels.md" in (s["where"] or "")]
+    assert glaze, sources_of(answer)
+    assert any(XSS_SCRIPT in s["snippet"] and XSS_IMG in s["snippet"] for s in glaze), glaze
+
+    for part in (text, answer.get_by_test_id("sources")):
+        assert markup_in(part) == {"elements": [], "handlers": [], "hrefs": []}, part
+    text.locator("b, strong").first.hover()
+    assert page.evaluate("typeof window.__xss") == "undefined"
+    assert chat.unexpected_errors() == []
+
+
+MARKDOWN_CODE = "flux_governor:\n  max_steep_rate: 9\n  enabled: true"
+MARKDOWN_ANSWER = f"""## Raising the steep rate
+
+Set `flux_governor.max_steep_rate` to **the largest number** of teapots a kettle node may
+steep per minute [2]; the *default* is 7 [1, 2].
+
+1. Open the Zorblax config.
+2. Raise the rate:
+
+```yaml
+{MARKDOWN_CODE}
+```
+
+- Each kettle node follows the same limit.
+- To lift it, see [the flux governor](https://docs.example.test/flux) docs [9].
+"""
+
+
+def test_markdown_renders_and_code_copies(
+    standin_agent: Server, standin: FakeUpstream, clipboard_chat: ChatPage
+):
+    standin.reply = MARKDOWN_ANSWER
+    chat = clipboard_chat
+    page = chat.page
+    page.goto(f"{standin_agent.url}/")
+    expect(page.get_by_label("Model").locator("option")).to_have_text(["fake-model"])
+    expect(page.get_by_test_id("model-note")).to_be_hidden()  # not the bundled model
+    answer, state = chat.ask("How do I raise the Zorblax steep rate?")
+    assert state == "done", answer.inner_text()
+    text = answer.get_by_test_id("answer-text")
+    expect(text.locator("h4")).to_have_text("Raising the steep rate")
+    expect(text.locator("strong")).to_have_text("the largest number")
+    expect(text.locator("em")).to_have_text("default")
+    expect(text.locator("p code").first).to_have_text("flux_governor.max_steep_rate")
+    expect(text.locator("ol > li")).to_have_count(2)
+    expect(text.locator("ul > li")).to_have_count(2)
+    expect(text.locator("ul a[href='https://docs.example.test/flux']")).to_have_text(
+        "the flux governor"
+    )
+    # [1] and [2] link to their sources; [9] names none and stays text.
+    expect(answer.get_by_test_id("citation")).to_have_text(["[2]", "[1]", "[2]"])
+    expect(text).to_contain_text("docs [9]")
+    assert "**" not in text.inner_text() and "```" not in text.inner_text()
+    expect(answer.get_by_test_id("cap-notice")).to_be_hidden()  # finish_reason "stop"
+
+    block = text.get_by_test_id("code-block")
+    expect(block.locator("pre code")).to_have_text(MARKDOWN_CODE)
+    copy = block.get_by_test_id("copy-code")
+    expect(copy).to_have_text("Copy")
+    copy.click()
+    expect(copy).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == MARKDOWN_CODE
+    expect(copy).to_have_text("Copy", timeout=10_000)  # and back
+
+    # Without navigator.clipboard (plain http on a host name), the fallback copies too.
+    page.evaluate("navigator.clipboard.writeText('')")
+    page.evaluate("Object.defineProperty(window, 'isSecureContext', {value: false})")
+    copy.click()
+    expect(copy).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == MARKDOWN_CODE
+    assert chat.unexpected_errors() == []
+
+
+SCREENSHOT_ANSWER = """To switch the flux governor off, set `flux_governor.enabled` to `false` \
+in the Zorblax config [1]:
+
+```yaml
+flux_governor:
+  enabled: false
+```
+
+Kettle nodes then steep **without limit**. To keep a limit instead, lower \
+`flux_governor.max_steep_rate` (default 7) [1, 2].
+"""
+
+
+def test_source_cards(standin_agent: Server, standin: FakeUpstream, chat: ChatPage):
+    standin.reply = SCREENSHOT_ANSWER
+    page = chat.page
+    page.set_viewport_size({"width": 1000, "height": 720})
+    page.goto(f"{standin_agent.url}/")
+    answer, state = chat.ask("How do I turn the Zorblax flux governor off?")
+    assert state == "done", answer.inner_text()
+    cards = sources_of(answer)
+    assert len(cards) >= 2, cards
+    # The agent marks what the answer cites: [1] and [2], no other.
+    assert [c["cited"] for c in cards] == [i in (0, 1) for i in range(len(cards))], cards
+    assert [c["badge"] for c in cards] == [("cited" if c["cited"] else None) for c in cards]
+    trail = "The flux governor \u203a Turning the flux governor off"
+    off = [c for c in cards if c["trail"] == trail]
+    assert off, cards
+    card = off[0]
+    assert card["name"] == "zorblax"
+    path, line = card["where"].rsplit(":", 1)
+    assert path == "docs/zorblax/flux-governor.md" and int(line) > 1, card
+    assert card["hrefs"] == [f"{DOC_URL}{path}#L{line}"], card
+    assert "Set `flux_governor.enabled: false` to let kettle nodes steep" in card["snippet"], card
+    assert len(card["snippet"]) <= 210 and "\n" not in card["snippet"], card
+    # A citation links to its source's file and line, like the card.
+    first = answer.get_by_test_id("citation").first
+    assert first.get_attribute("href") == cards[0]["hrefs"][0]
+    assert chat.unexpected_errors() == []
+    if folder := os.environ.get("ARCHON_SCREENSHOTS"):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / "chat-page.png"))
+
+
+def test_small_model_note_and_cap_notice(agent: Server, chat: ChatPage):
+    """The bundled model: the note under the input says how to use a bigger one; an answer
+    cut by max_tokens says so."""
+    chat.max_tokens, chat.ignore_eos = 8, True  # surely cut at 8 tokens
+    page = chat.page
+    page.goto(f"{agent.url}/")
+    note = page.get_by_test_id("model-note")
+    expect(note).to_be_visible()
+    expect(note).to_contain_text("tiny")
+    expect(note).to_contain_text("archon up --llm-model PATH_OR_REPO")
+    expect(note).to_contain_text("vLLM: docs/configuration.md")
+    doc = note.get_by_test_id("model-note-doc")
+    expect(doc).to_have_attribute("title", re.compile(r"--engine vllm.*archon agent --upstream"))
+    # One line, not cut short.
+    assert note.evaluate("p => p.scrollWidth <= p.clientWidth && p.clientHeight < 30")
+
+    answer, state = chat.ask("What is a wobble queue in Zorblax?")
+    assert state == "done", answer.inner_text()
+    assert answer.get_attribute("data-finish") == "length"
+    expect(answer.get_by_test_id("cap-notice")).to_be_visible()
+    expect(answer.get_by_test_id("cap-notice")).to_contain_text("Answer cut at 8 tokens")
+    sent = chat.requests[0]
+    assert sent["max_tokens"] == PAGE_MAX_TOKENS
+    assert sent["stream_options"] == {"include_usage": True}
+    assert chat.unexpected_errors() == []
+
+
+UI = Path(__file__).resolve().parents[2] / "src" / "archon" / "agent" / "ui"
+A = 'target="_blank" rel="noopener noreferrer"'
+UNSAFE = '<span class="unsafe-link" title="link removed: only http and https links are kept">'
+RENDERED = [
+    ("*a **b** c* and snake_case", "<p><em>a <strong>b</strong> c</em> and snake_case</p>"),
+    ("5 * 3 * 2 and **open", "<p>5 * 3 * 2 and **open</p>"),
+    ("\\*not em\\* `x **y**` ``a ` b``", "<p>*not em* <code>x **y**</code> <code>a ` b</code></p>"),
+    ("~~gone~~ line\nnext", "<p><del>gone</del> line<br>next</p>"),
+    ("# H\n### Sub ###\n---", "<h3>H</h3><h5>Sub</h5><hr>"),
+    (
+        "Steps:\n1. one\n2. two\n   - a\n   - b",
+        "<p>Steps:</p><ol><li>one</li><li>two<ul><li>a</li><li>b</li></ul></li></ol>",
+    ),
+    ("3. c\n\n4. d", '<ol start="3"><li>c</li><li>d</li></ol>'),
+    ("> **q**", "<blockquote><p><strong>q</strong></p></blockquote>"),
+    (
+        "see https://a.test/x_y. or <https://b.test>",
+        f'<p>see <a href="https://a.test/x_y" {A}>https://a.test/x_y</a>. or '
+        f'<a href="https://b.test" {A}>https://b.test</a></p>',
+    ),
+    (
+        "[ok](https://c.test/a(b)) [no](javascript:x()) ![img](https://d.test/i.png)",
+        f'<p><a href="https://c.test/a(b)" {A}>ok</a> {UNSAFE}no</span> '
+        f'<a href="https://d.test/i.png" {A}>img</a></p>',
+    ),
+    ("<b>x</b> &amp;", "<p>&lt;b&gt;x&lt;/b&gt; &amp;amp;</p>"),
+    ("a [1] [1, 2] [3]", "<p>a <a>[1]</a> <a>[1]</a><a>[2]</a> [3]</p>"),
+]
+
+
+def test_markdown_renderer(browser: Browser):
+    """The renderer alone, case by case (no agent: markdown.js in a blank page)."""
+    page = browser.new_page()
+    try:
+        page.set_content("<body></body>")
+        page.add_script_tag(path=str(UI / "markdown.js"))
+        got = page.evaluate(
+            """cases => cases.map(text => {
+                const box = document.createElement('div');
+                const citation = ns => ns.every(n => n <= 2) ? ns.map(n => {
+                    const a = document.createElement('a');
+                    a.textContent = `[${n}]`;
+                    return a;
+                }) : null;
+                box.append(...ArchonMarkdown.render(text, {citation}));
+                return box.innerHTML;
+            })""",
+            [text for text, _ in RENDERED],
+        )
+        assert got == [html for _, html in RENDERED]
+        # A fence still streaming (not closed yet) is a code block already.
+        code = page.evaluate(
+            "() => ArchonMarkdown.render('```sh\\necho hi')[0].querySelector('code').textContent"
+        )
+        assert code == "echo hi"
+    finally:
+        page.close()

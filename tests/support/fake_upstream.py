@@ -18,13 +18,15 @@ class FakeUpstream:
     """``mode``: ok; stall_body (headers, then part of the body, then nothing); broken_503 (a
     503 whose body is cut off); refuse_503 (a whole 503). ``delay``: seconds before answering.
     ``prompt_tokens`` is what every answer's usage reports; completion tokens are max_tokens
-    (default 5). ``bodies`` records what arrived."""
+    (default 5). ``reply``: a chat answer to give instead ("tok " max_tokens times), streamed a few
+    characters an event, finish_reason "stop". ``bodies`` records what arrived."""
 
     def __init__(self, model: str = FAKE_MODEL) -> None:
         self.model = model
         self.mode = "ok"
         self.delay = 0.0
         self.prompt_tokens = 10
+        self.reply: str | None = None
         self.bodies: list[dict[str, Any]] = []
         self.released = threading.Event()
         fake = self
@@ -77,19 +79,24 @@ class FakeUpstream:
                     return
                 chat = self.path.endswith("/chat/completions")
                 completion = int(body.get("max_tokens") or body.get("max_completion_tokens") or 5)
+                pieces = ["tok "] * completion
+                finish = "length"
+                if chat and fake.reply is not None:
+                    pieces = [fake.reply[i : i + 7] for i in range(0, len(fake.reply), 7)]
+                    completion, finish = len(pieces), "stop"
                 usage = {
                     "prompt_tokens": fake.prompt_tokens,
                     "completion_tokens": completion,
                     "total_tokens": fake.prompt_tokens + completion,
                 }
                 if body.get("stream"):
-                    self._stream(body, chat, completion, usage)
+                    self._stream(body, chat, pieces, finish, usage)
                     return
-                choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
+                choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
                 if chat:
-                    choice["message"] = {"role": "assistant", "content": "tok " * completion}
+                    choice["message"] = {"role": "assistant", "content": "".join(pieces)}
                 else:
-                    choice["text"] = "tok " * completion
+                    choice["text"] = "".join(pieces)
                 self._json(
                     200,
                     {
@@ -103,7 +110,12 @@ class FakeUpstream:
                 )
 
             def _stream(
-                self, body: dict[str, Any], chat: bool, completion: int, usage: dict[str, int]
+                self,
+                body: dict[str, Any],
+                chat: bool,
+                pieces: list[str],
+                last_finish: str,
+                usage: dict[str, int],
             ) -> None:
                 include = bool((body.get("stream_options") or {}).get("include_usage"))
                 self.send_response(200)
@@ -123,12 +135,12 @@ class FakeUpstream:
                     self.wfile.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
                     self.wfile.flush()
 
-                for n in range(completion):
-                    finish = "length" if n == completion - 1 else None
+                for n, piece in enumerate(pieces):
+                    finish = last_finish if n == len(pieces) - 1 else None
                     if chat:
-                        choice = {"index": 0, "delta": {"content": "tok "}, "finish_reason": finish}
+                        choice = {"index": 0, "delta": {"content": piece}, "finish_reason": finish}
                     else:
-                        choice = {"index": 0, "text": "tok ", "finish_reason": finish}
+                        choice = {"index": 0, "text": piece, "finish_reason": finish}
                     event([choice])
                 if include:
                     event([], usage)

@@ -54,7 +54,9 @@ def querying_docs_sources(tmp: Path) -> Path:
     return path
 
 
-def start_kb(tmp: Path, sources: Path, port: int | None = None) -> Server:
+def start_kb(
+    tmp: Path, sources: Path, port: int | None = None, env: dict[str, str] | None = None
+) -> Server:
     """`archon kb serve`, returned once its first sync is done."""
     port = port or free_port()
     data = tmp / f"kb-data-{port}"
@@ -62,7 +64,7 @@ def start_kb(tmp: Path, sources: Path, port: int | None = None) -> Server:
         tmp,
         "kb",
         ["kb", "serve", "--sources", str(sources), "--port", str(port), "--sync-interval", "3600"],
-        {"ARCHON_KB_DATA_DIR": str(data)},
+        {"ARCHON_KB_DATA_DIR": str(data), **(env or {})},
         port,
     )
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from archon.agent.auth import KeyRing, hash_key
-from archon.agent.rag import ArchonOptions, augment, conversation_key, mark_cited, retrieval_query
+from archon.agent.rag import (
+    SNIPPET_CHARS,
+    ArchonOptions,
+    augment,
+    conversation_key,
+    mark_cited,
+    retrieval_query,
+)
 from archon.errors import AuthenticationError, ConfigError, InvalidRequestError
 
 
@@ -89,6 +96,19 @@ def test_conversation_key_is_stable_across_turns() -> None:
 def test_citations_are_marked() -> None:
     sources = [{"index": 1}, {"index": 2}]
     assert [s["cited"] for s in mark_cited(sources, "See [2].")] == [False, True]
+    sources = [{"index": 1}, {"index": 2}, {"index": 3}]
+    assert [s["cited"] for s in mark_cited(sources, "See [1, 3].")] == [True, False, True]
+
+
+def test_sources_carry_a_short_snippet() -> None:
+    _, sources = augment([{"role": "user", "content": "q"}], [chunk(1, "Short\n\n  text.")], 6000)
+    assert sources[0]["snippet"] == "Short text."
+    _, sources = augment([{"role": "user", "content": "q"}], [chunk(1, "## Off\n\nSet x.")], 6000)
+    assert sources[0]["snippet"] == "Set x."  # the heading trail shows the headings
+    _, sources = augment([{"role": "user", "content": "q"}], [chunk(1, "Some  text. " * 40)], 6000)
+    snippet = sources[0]["snippet"]
+    assert snippet.startswith("Some text. Some text.") and snippet.endswith(" …")
+    assert len(snippet) <= SNIPPET_CHARS + 2 and "  " not in snippet
 
 
 def test_archon_options_reject_unknown_keys_with_the_param() -> None:

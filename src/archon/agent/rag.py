@@ -28,7 +28,9 @@ INSTRUCTIONS = (
     "If the context does not answer the question, say so, then answer as best you can."
 )
 HEADING_SEPARATOR = " \u203a "  # a single right-pointing angle quote
-_CITATION = re.compile(r"\[(\d{1,3})\]")
+_CITATION = re.compile(r"\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")  # [2] or [1, 3]
+SNIPPET_CHARS = 200  # the sources' "snippet": what a client shows of each chunk
+_HEADING_LINE = re.compile(r" {0,3}#{1,6}(\s|$)")
 
 
 class ArchonOptions(BaseModel):
@@ -120,7 +122,20 @@ def source_entry(n: int, chunk: dict[str, Any]) -> dict[str, Any]:
         "start_line": chunk.get("start_line"),
         "end_line": chunk.get("end_line"),
         "score": chunk.get("score"),
+        "snippet": snippet(chunk.get("text")),
     }
+
+
+def snippet(text: Any, limit: int = SNIPPET_CHARS) -> str:
+    """The start of a chunk's text, whitespace collapsed, cut at a word within ``limit``.
+    Heading lines are left out: the heading trail shows them."""
+    lines = str(text or "").splitlines()
+    prose = [line for line in lines if not _HEADING_LINE.match(line)]
+    flat = " ".join(" ".join(prose or lines).split())
+    if len(flat) <= limit:
+        return flat
+    cut = flat[:limit].rsplit(" ", 1)[0] if " " in flat[:limit] else flat[:limit]
+    return cut.rstrip(" ,;:") + " …"
 
 
 def augment(
@@ -155,7 +170,7 @@ def augment(
 
 
 def mark_cited(sources: list[dict[str, Any]], answer: str) -> list[dict[str, Any]]:
-    cited = {int(n) for n in _CITATION.findall(answer)}
+    cited = {int(n) for group in _CITATION.findall(answer) for n in group.split(",")}
     for entry in sources:
         entry["cited"] = entry["index"] in cited
     return sources

@@ -1,4 +1,5 @@
-// Archon chat page: vanilla JS, no build step. Untrusted text only ever goes into text nodes.
+// Archon chat page: vanilla JS, no build step. Untrusted text only ever goes into text nodes:
+// answers through ArchonMarkdown (markdown.js), everything else through textContent.
 "use strict";
 
 (() => {
@@ -7,8 +8,12 @@
     log: $("log"), chatForm: $("chat-form"), prompt: $("prompt"), send: $("send"), stop: $("stop"),
     model: $("model"), useKb: $("use-kb"), newChat: $("new-chat"), status: $("status"),
     keyForm: $("key-form"), keyInput: $("api-key"), keyMessage: $("key-message"),
+    modelNote: $("model-note"),
   };
   const KEY_STORAGE = "archon.apiKey";
+  // Each answer stops here: a small model otherwise goes on until its context is full.
+  const MAX_TOKENS = 512;
+  const SMALL_MODEL = /smollm2-135m/i;  // the bundled model: tiny, its note says how to go bigger
   const NOTICES = {
     degraded: "Knowledge base unavailable — answered without your docs.",
     none: "Nothing relevant found in the knowledge base — answered without your docs.",
@@ -19,6 +24,7 @@
   let controller = null;   // AbortController of the answer in flight
   let keyWaiters = [];     // requests waiting for an API key after a 401
   let answers = 0;
+  let modelCards = new Map();  // id -> the card /v1/models gave
 
   function el(tag, attrs = {}, ...children) {
     const node = document.createElement(tag);
@@ -27,24 +33,26 @@
       if (name === "text") node.textContent = value;
       else node.setAttribute(name, value === true ? "" : value);
     }
-    node.append(...children);
+    node.append(...children.filter((c) => c != null && c !== false));
     return node;
   }
 
-  const safeUrl = (url) => (typeof url === "string" && /^https?:\/\//i.test(url) ? url : null);
+  const safeUrl = ArchonMarkdown.safeUrl;
   const setStatus = (text) => { ui.status.textContent = text; };
 
   class HttpError extends Error {
-    constructor(status, message) { super(message); this.status = status; }
+    constructor(status, message, code) { super(message); this.status = status; this.code = code; }
   }
 
   async function errorFrom(res) {
     let message = `${res.status} ${res.statusText}`.trim();
+    let code = null;
     try {
       const body = await res.json();
       if (body?.error?.message) message = body.error.message;
+      code = body?.error?.code ?? null;
     } catch { /* not JSON: keep the status line */ }
-    return new HttpError(res.status, message);
+    return new HttpError(res.status, message, code);
   }
 
   // ---- API key: asked in the page on a 401, kept in localStorage ----
@@ -98,12 +106,22 @@
       if (!res.ok) throw await errorFrom(res);
       const body = await res.json();
       const current = ui.model.value;
-      ui.model.replaceChildren(...(body.data || []).map((m) => el("option", { value: m.id, text: m.id })));
+      const cards = (body.data || []).filter((m) => typeof m?.id === "string");
+      modelCards = new Map(cards.map((m) => [m.id, m]));
+      ui.model.replaceChildren(...cards.map((m) => el("option", { value: m.id, text: m.id })));
       if ([...ui.model.options].some((o) => o.value === current)) ui.model.value = current;
       setStatus(ui.model.options.length ? "" : "No model is available.");
     } catch (err) {
       setStatus(`Could not list the models: ${err.message}`);
     }
+    showModelNote();
+  }
+
+  // The one-line note under the input, for the tiny bundled model (its id, or the file it
+  // was loaded from, names SmolLM2-135M).
+  function showModelNote() {
+    const card = modelCards.get(ui.model.value);
+    ui.modelNote.hidden = !(card && (SMALL_MODEL.test(card.id) || SMALL_MODEL.test(String(card.root ?? ""))));
   }
 
   // ---- the answer stream: SSE over a POST, read with fetch + ReadableStream ----
@@ -134,15 +152,18 @@
   function answerView() {
     const id = `answer-${++answers}`;
     const notice = el("p", { class: "notice", "data-testid": "rag-notice", hidden: true });
-    const text = el("div", { class: "text", "data-testid": "answer-text" });
-    const list = el("ol", { "data-testid": "sources" });
+    const text = el("div", { class: "text md", "data-testid": "answer-text" });
+    const cap = el("p", { class: "cap-notice", "data-testid": "cap-notice", hidden: true });
+    const list = el("ol", { class: "source-cards", "data-testid": "sources" });
     const box = el("section", { class: "sources-box", hidden: true, "aria-label": "Sources" },
       el("h2", { text: "Sources" }), list);
     const error = el("p", { class: "error", role: "alert", "data-testid": "error", hidden: true });
     const root = el("article", { class: "msg assistant", id, "data-testid": "answer",
-      "data-state": "streaming", "aria-busy": "true" }, notice, text, box, error);
+      "data-state": "streaming", "aria-busy": "true" }, notice, text, cap, error, box);
     ui.log.append(root);
 
+    let shown = "";        // the answer so far
+    let pending = 0;       // a render waiting for the next frame
     const sourceFor = (sources, n) => sources.find((s) => s.index === n) ?? sources[n - 1];
     const anchor = (n) => `${id}-src-${n}`;
 
@@ -153,38 +174,61 @@
         `[${n}]`);
     }
 
-    // Re-renders the finished text with [n] (or [n, m]) turned into links to the sources.
-    function renderCitations(answer, sources) {
-      const parts = [];
-      let last = 0;
-      for (const match of answer.matchAll(/\[(\d+(?:\s*,\s*\d+)*)\]/g)) {
-        const numbers = match[1].split(/\s*,\s*/).map(Number);
-        if (!numbers.every((n) => sourceFor(sources, n))) continue;
-        parts.push(answer.slice(last, match.index), ...numbers.map((n) => citationLink(sourceFor(sources, n), n)));
-        last = match.index + match[0].length;
-      }
-      parts.push(answer.slice(last));
-      text.replaceChildren(...parts);
+    // Renders the Markdown; with sources, [n] (or [n, m]) become links to them.
+    function renderAnswer(answer, sources = []) {
+      const citation = sources.length
+        ? (numbers) => (numbers.every((n) => sourceFor(sources, n))
+          ? numbers.map((n) => citationLink(sourceFor(sources, n), n)) : null)
+        : null;
+      text.replaceChildren(...ArchonMarkdown.render(answer, { citation }));
+    }
+
+    // One card per source: heading trail, where (a link to the file and line), a snippet;
+    // the ones the answer cites (the agent's `cited` flag) are marked.
+    function sourceCard(source, i) {
+      const n = source.index ?? i + 1;
+      const url = safeUrl(source.url);
+      const headings = Array.isArray(source.heading_path) ? source.heading_path.filter(Boolean) : [];
+      const trail = headings.length ? headings.join(" \u203a ") : (source.title || source.path || "");
+      const where = source.start_line ? `${source.path}:${source.start_line}` : `${source.path ?? ""}`;
+      const cited = source.cited === true;
+      return el("li", { id: anchor(n), value: n, class: cited ? "source-card cited" : "source-card",
+        "data-testid": "source", "data-cited": String(cited) },
+        el("div", { class: "src-head" },
+          el("span", { class: "src-num", text: `[${n}]` }),
+          el("span", { class: "src-trail", "data-testid": "source-trail", text: trail }),
+          cited && el("span", { class: "badge", "data-testid": "cited-badge", text: "cited" })),
+        el("div", { class: "src-where", title: source.source ? `${source.source}:${where}` : where },
+          el("span", { class: "src-name", "data-testid": "source-name", text: source.source ?? "" }),
+          source.source ? ":" : null,
+          url ? el("a", { href: url, target: "_blank", rel: "noopener noreferrer",
+            "data-testid": "source-link", text: where })
+              : el("code", { text: where })),
+        source.snippet
+          ? el("p", { class: "src-snippet", "data-testid": "source-snippet", text: source.snippet })
+          : null);
     }
 
     function renderSources(sources) {
-      list.replaceChildren(...sources.map((source, i) => {
-        const n = source.index ?? i + 1;
-        const url = safeUrl(source.url);
-        const where = source.start_line ? `${source.path}:${source.start_line}` : `${source.path ?? ""}`;
-        const cited = source.cited ? "cited" : null;  // the agent marks the ones the answer cites
-        return el("li", { id: anchor(n), value: n, class: cited, "data-testid": "source" },
-          el("span", { class: "src-name", text: source.source ?? "" }), " ",
-          url ? el("a", { href: url, target: "_blank", rel: "noopener noreferrer", text: where })
-              : el("code", { text: where }),
-          source.title ? ` — ${source.title}` : "");
-      }));
+      list.replaceChildren(...sources.map(sourceCard));
       box.hidden = sources.length === 0;
     }
 
-    function finishNow(answer, sources, state, message) {
-      if (sources.length) { renderCitations(answer, sources); renderSources(sources); }
-      if (state === "stopped") text.append(el("span", { class: "stopped", text: " (stopped)" }));
+    function finishNow(answer, sources, state, message, end) {
+      cancelAnimationFrame(pending);
+      renderAnswer(answer, sources);
+      if (sources.length) renderSources(sources);
+      if (state === "stopped") {
+        const last = text.lastElementChild;
+        (last && /^(P|LI|UL|OL)$/.test(last.tagName) ? last : text)
+          .append(el("span", { class: "stopped", text: " (stopped)" }));
+      }
+      if (end.finishReason) root.dataset.finish = end.finishReason;
+      if (end.finishReason === "length") {
+        const n = end.tokens ?? end.maxTokens;
+        cap.textContent = n ? `Answer cut at ${n} tokens (max_tokens).` : "Answer cut at the token limit.";
+        cap.hidden = false;
+      }
       if (message) { error.textContent = message; error.hidden = false; }
       root.dataset.state = state;  // streaming -> done | stopped | error
       root.setAttribute("aria-busy", "false");
@@ -198,10 +242,17 @@
         if (mode) root.dataset.rag = mode;
       },
       append(delta) {
-        keepScrolled(() => text.append(delta));
+        shown += delta;
+        // Re-rendered once a frame, not once a token: Markdown needs the whole text so far.
+        if (!pending) {
+          pending = requestAnimationFrame(() => {
+            pending = 0;
+            keepScrolled(() => renderAnswer(shown));
+          });
+        }
       },
-      finish(answer, sources, state, message) {
-        keepScrolled(() => finishNow(answer, sources, state, message));
+      finish(answer, sources, state, message, end = {}) {
+        keepScrolled(() => finishNow(answer, sources, state, message, end));
       },
     };
   }
@@ -226,14 +277,29 @@
     ui.stop.disabled = false;
     let answer = "";
     let sources = [];
+    const end = { finishReason: null, tokens: null, maxTokens: MAX_TOKENS };
     try {
-      const body = { messages: turns, stream: true, archon: { rag: ui.useKb.checked } };
+      const body = {
+        messages: turns, stream: true, max_tokens: MAX_TOKENS,
+        stream_options: { include_usage: true },  // the cap notice tells the tokens it got
+        archon: { rag: ui.useKb.checked },
+      };
       if (ui.model.value) body.model = ui.model.value;
       let res;
       try {
         res = await api("/v1/chat/completions", {
           method: "POST", body: JSON.stringify(body), signal: controller.signal,
         });
+        if (res.status === 400) {
+          const err = await errorFrom(res);
+          if (err.code !== "max_tokens_above_limit") throw err;
+          // The key's own cap is lower than the page's: let the agent apply the key's default.
+          delete body.max_tokens;
+          end.maxTokens = null;
+          res = await api("/v1/chat/completions", {
+            method: "POST", body: JSON.stringify(body), signal: controller.signal,
+          });
+        }
       } catch (err) {
         if (err.name !== "TypeError") throw err;
         throw new Error(`Could not reach the agent (${err.message}).`);
@@ -242,11 +308,14 @@
       view.rag(res.headers.get("x-archon-rag"));
       for await (const event of sseEvents(res.body)) {
         if (event.error) throw new Error(event.error.message || "the answer failed");
-        const delta = event.choices?.[0]?.delta?.content;
+        const choice = event.choices?.[0];
+        const delta = choice?.delta?.content;
         if (delta) { answer += delta; view.append(delta); }
+        if (choice?.finish_reason) end.finishReason = choice.finish_reason;
+        if (Number.isInteger(event.usage?.completion_tokens)) end.tokens = event.usage.completion_tokens;
         if (Array.isArray(event.sources)) sources = event.sources;
       }
-      view.finish(answer, sources, "done");
+      view.finish(answer, sources, "done", null, end);
     } catch (err) {
       if (err.name === "AbortError") view.finish(answer, sources, "stopped");
       else view.finish(answer, sources, "error", err.message);
@@ -269,6 +338,7 @@
     }
   });
   ui.stop.addEventListener("click", () => controller?.abort());
+  ui.model.addEventListener("change", showModelNote);
   ui.newChat.addEventListener("click", () => {
     controller?.abort();
     history = [];
