@@ -362,7 +362,7 @@ def test_preflight_passes_and_writes_vllm_config(tmp_path: Path, hub) -> None:
 
 
 def test_tensor_parallel_larger_than_gpus_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    from archon.modelserver.engines import vllm
+    from archon.modelserver import launch
     from archon.settings import ModelServerSettings
 
     monkeypatch.setattr(
@@ -371,7 +371,7 @@ def test_tensor_parallel_larger_than_gpus_is_refused(monkeypatch: pytest.MonkeyP
         lambda: sizing.GPUInfo(count=1, memory=80 * sizing.GiB, source="NVML"),
     )
     with pytest.raises(GPUCountError) as info:
-        vllm.preflight(ModelServerSettings(engine="vllm", tensor_parallel_size=2), None)
+        launch.preflight(ModelServerSettings(engine="vllm", tensor_parallel_size=2), None)
     assert info.value.exit_code == 6
     assert "tensor_parallel_size 2" in str(info.value)
 

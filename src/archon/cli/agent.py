@@ -1,20 +1,20 @@
-"""`archon agent` (the RAG gateway), `archon agent hash-key`, and `archon up` (the whole stack)."""
+"""The agent's commands: `archon agent` (serve the RAG gateway), `archon agent hash-key`,
+`archon agent usage`."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from archon.cli import _fail, _setup_logging, app
+from archon.cli._common import Typer, fail, setup_logging
 
-agent_app = typer.Typer(
+agent_app = Typer(
     help="The RAG gateway: OpenAI API with retrieval, in front of the model servers.",
     invoke_without_command=True,
 )
-app.add_typer(agent_app, name="agent")
 
 
 @agent_app.callback()
@@ -36,28 +36,23 @@ def agent(
     """Serve the agent (settings from flags, then ARCHON_AGENT_* environment variables)."""
     if ctx.invoked_subcommand is not None:
         return
-    from archon.errors import ConfigError
     from archon.settings import load_agent_settings
 
-    _setup_logging(log_level)
-    try:
-        settings = load_agent_settings(
-            {
-                "upstreams": upstream or None,
-                "kb_url": "" if no_kb else kb_url,
-                "api_keys_file": api_keys_file,
-                "host": host,
-                "port": port,
-            }
-        )
-        import uvicorn
+    setup_logging(log_level)
+    settings = load_agent_settings(
+        {
+            "upstreams": upstream or None,
+            "kb_url": "" if no_kb else kb_url,
+            "api_keys_file": api_keys_file,
+            "host": host,
+            "port": port,
+        }
+    )
+    import uvicorn
 
-        from archon.agent.app import create_app
+    from archon.agent.app import create_app
 
-        application = create_app(settings)
-    except ConfigError as exc:
-        _fail(str(exc), exc.exit_code)
-        return
+    application = create_app(settings)
     rag = f"knowledge base {settings.kb_url}" if settings.kb_url else "retrieval off"
     typer.echo(
         f"Archon agent on http://{settings.host}:{settings.port} "
@@ -80,7 +75,7 @@ def hash_key() -> None:
 
     key = sys.stdin.readline().strip()
     if not key:
-        _fail('no key on stdin (try: echo -n "$KEY" | archon agent hash-key)')
+        fail('no key on stdin (try: echo -n "$KEY" | archon agent hash-key)')
     typer.echo(digest_of(key))
 
 
@@ -105,14 +100,13 @@ def usage(
     try:
         resp = httpx.get(url.rstrip("/") + "/v1/usage", headers=headers, timeout=10)
     except httpx.HTTPError as exc:
-        _fail(f"{url} is unreachable: {exc}", 1)
-        return
+        fail(f"{url} is unreachable: {exc}", 1)
     if resp.status_code != 200:
         try:
             message = resp.json()["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = resp.text[:200]
-        _fail(f"{url}/v1/usage answered {resp.status_code}: {message}", 1)
+        fail(f"{url}/v1/usage answered {resp.status_code}: {message}", 1)
     report = resp.json()
     if json_output:
         typer.echo(json.dumps(report, indent=2))
@@ -120,7 +114,7 @@ def usage(
     _print_usage(url, report)
 
 
-def _print_usage(url: str, report: dict) -> None:
+def _print_usage(url: str, report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -182,61 +176,3 @@ def _print_usage(url: str, report: dict) -> None:
                     )
         table.add_section()
     console.print(table)
-
-
-@app.command()
-def up(
-    sources: Annotated[
-        Path | None,
-        typer.Option(help="Sources file for the knowledge base (default: this project's docs)."),
-    ] = None,
-    llm_model: Annotated[
-        str | None, typer.Option(help="Model for the model server (default: bundled SmolLM2).")
-    ] = None,
-    no_kb: Annotated[bool, typer.Option("--no-kb", help="No knowledge base.")] = False,
-    host: Annotated[str, typer.Option()] = "127.0.0.1",
-    model_port: Annotated[int, typer.Option()] = 8000,
-    kb_port: Annotated[int, typer.Option()] = 8100,
-    agent_port: Annotated[int, typer.Option()] = 8080,
-    data_dir: Annotated[Path, typer.Option(help="Logs and the knowledge base's data.")] = Path(
-        ".archon"
-    ),
-) -> None:
-    """Run model server, knowledge base and agent on this machine until Ctrl-C."""
-    from archon.stack import StackOptions, run
-
-    if sources is not None and not sources.is_file():
-        _fail(f"--sources {sources}: file not found")
-
-    def report(line: str) -> None:
-        typer.echo(f"archon up: {line}", err=True)
-
-    def banner(parts: list) -> None:
-        urls = {p.name: p.url for p in parts}
-        agent_url = urls["agent"]
-        typer.echo("")
-        typer.echo(f"  Chat page       {agent_url}/")
-        typer.echo(f"  OpenAI API      {agent_url}/v1   (answers with your docs and their sources)")
-        typer.echo(f"  Model server    {urls['model server']}/v1")
-        if "knowledge base" in urls:
-            typer.echo(f"  Knowledge base  {urls['knowledge base']}/query")
-        typer.echo("")
-        typer.echo(
-            "  Ask:  curl " + agent_url + "/v1/chat/completions -H 'content-type: "
-            'application/json\' -d \'{"messages":[{"role":"user","content":'
-            '"What is Archon?"}]}\''
-        )
-        typer.echo("  Press Ctrl-C to stop everything.")
-        typer.echo("")
-
-    options = StackOptions(
-        host=host,
-        model_port=model_port,
-        kb_port=kb_port,
-        agent_port=agent_port,
-        llm_model=llm_model,
-        sources=sources,
-        knowledge_base=not no_kb,
-        data_dir=data_dir,
-    )
-    raise typer.Exit(run(options, report, banner))

@@ -20,8 +20,9 @@ from typing import Any
 import httpx
 
 from archon import hub
-from archon.errors import ModelReferenceError, NetworkError
+from archon.errors import ConfigError, ModelReferenceError, NetworkError
 from archon.modelserver import models
+from archon.settings import parse_bytes
 
 log = logging.getLogger("archon.sizing")
 
@@ -333,3 +334,25 @@ def detect_gpus() -> GPUInfo | None:
         return GPUInfo(count, min(sizes), "NVML")
     finally:
         pynvml.nvmlShutdown()
+
+
+@dataclass(frozen=True)
+class GPUBudget:
+    memory: int  # per GPU
+    source: str  # where ``memory`` came from, for the reports
+    gpus: GPUInfo | None  # what NVML saw, when it was asked
+
+
+def gpu_budget(settings: Any, override: str | None = None) -> GPUBudget | None:
+    """The VRAM per GPU to size against, in this order: ``override`` (`config check
+    --gpu-memory`), the GPUs NVML sees, the ``gpu_memory`` setting; None when none of them."""
+    if override:
+        try:
+            return GPUBudget(parse_bytes(override), "--gpu-memory", None)
+        except ValueError as exc:
+            raise ConfigError(f"--gpu-memory: {exc}") from None
+    if (gpus := detect_gpus()) is not None:
+        return GPUBudget(gpus.memory, f"NVML, {gpus.count} GPU", gpus)
+    if settings.gpu_memory:
+        return GPUBudget(parse_bytes(settings.gpu_memory), "gpu_memory setting", None)
+    return None

@@ -1,7 +1,12 @@
-"""The GPU engine: build vLLM's command from the same settings, check it can work, exec it.
+"""Start the model server on either engine: what `archon serve` does once settings are read.
 
-vLLM is never imported here: it runs in its own process (its own interpreter, even, with
-``vllm_python``), replacing ours through ``exec`` so signals and exit codes are vLLM's own.
+- llama.cpp (CPU): resolve the GGUF, build the app, run uvicorn until the engine or a signal
+  stops it (:func:`run_llamacpp`).
+- vLLM (GPU): build vLLM's command from the same settings, pull the model, size it against the
+  GPU budget, then exec vLLM or write its ``--config`` file for the vllm container
+  (:func:`run_vllm`). vLLM is never imported here: it runs in its own process (its own
+  interpreter, even, with ``vllm_python``), replacing ours through ``exec`` so signals and exit
+  codes are vLLM's own.
 """
 
 from __future__ import annotations
@@ -12,14 +17,15 @@ import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from archon.errors import EngineMissingError, GPUCountError, InsufficientVRAMError
-from archon.modelserver import sizing
-from archon.settings import ModelServerSettings, parse_bytes
+from archon.errors import ConfigError, EngineMissingError, GPUCountError, InsufficientVRAMError
+from archon.modelserver import models, sizing
+from archon.settings import ModelServerSettings
 
 log = logging.getLogger("archon.vllm")
 
@@ -117,31 +123,29 @@ def check_installed(launch: VllmLaunch) -> None:
 
 def preflight(settings: ModelServerSettings, facts: sizing.ModelFacts | None) -> str:
     """Check GPU count and VRAM; return a one-line summary, raise a typed ConfigError if not."""
-    gpus = sizing.detect_gpus()
+    budget = sizing.gpu_budget(settings)
+    gpus = budget.gpus if budget else None
     if gpus is not None and settings.tensor_parallel_size > gpus.count:
         raise GPUCountError(
             f"tensor_parallel_size {settings.tensor_parallel_size} is larger than the "
             f"{gpus.count} visible GPU(s); lower tensor_parallel_size or request more GPUs"
         )
-    memory = (
-        gpus.memory if gpus else (parse_bytes(settings.gpu_memory) if settings.gpu_memory else None)
-    )
-    if facts is None or memory is None:
+    if facts is None or budget is None:
         return "VRAM check skipped: " + (
             "no model facts" if facts is None else "no GPU visible and gpu_memory not set"
         )
-    report = sizing.estimate_for(facts, settings, memory)
+    report = sizing.estimate_for(facts, settings, budget.memory)
     if not report.fits:
         raise InsufficientVRAMError(
             f"llm_model {settings.llm_model!r} needs {sizing.gib(report.needed)} per GPU "
             f"(weights {sizing.gib(report.weights)}, KV cache for max_model_len="
             f"{report.max_model_len} {sizing.gib(report.kv_cache)}) but gpu_memory_utilization "
-            f"{settings.gpu_memory_utilization:g} x {sizing.gib(memory)} allows "
+            f"{settings.gpu_memory_utilization:g} x {sizing.gib(budget.memory)} allows "
             f"{sizing.gib(report.budget)}: " + "; ".join(report.advice)
         )
     return (
         f"VRAM check passed: needs {sizing.gib(report.needed)} of {sizing.gib(report.budget)} "
-        f"per GPU ({'NVML' if gpus else 'gpu_memory'})"
+        f"per GPU ({budget.source})"
     )
 
 
@@ -157,3 +161,76 @@ def exec_vllm(launch: VllmLaunch, extra_env: dict[str, str]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvpe(launch.python, launch.argv, env)
+
+
+def run_vllm(settings: ModelServerSettings, *, write_config_to: Path | None, pull: bool) -> None:
+    """Pull -> size -> preflight, then exec vLLM (this process becomes vLLM), or, with
+    ``write_config_to``, write vLLM's arguments there and return: the vllm container's start."""
+    launch = build_vllm_launch(settings)
+    if not pull and write_config_to is None:
+        raise ConfigError("--no-pull applies to --write-vllm-config (the preflight) only")
+    if write_config_to is None:
+        check_installed(launch)
+    if pull:
+        path = models.pull(settings.llm_model, log_interval=settings.download_log_interval)
+        facts_from: str | None = str(path) if path.is_dir() else None
+    else:
+        # config.json and the safetensors index: from a complete cache, else a few KB from the
+        # hub. The download itself, and naming its failures, is the vllm container's.
+        facts_from = settings.llm_model
+    try:
+        facts = sizing.load_facts(facts_from) if facts_from is not None else None
+    except ConfigError as exc:
+        # Sizing is advice: an odd config.json, or a hub the preflight cannot ask, must not
+        # block serving; the vllm container's download names a hub failure precisely.
+        log.warning("VRAM check skipped: %s", exc)
+        facts = None
+    log.info("%s", preflight(settings, facts))
+    if write_config_to is not None:
+        write_config(launch, write_config_to)
+        log.info("wrote vLLM's arguments to %s: %s", write_config_to, " ".join(launch.args))
+        return
+    # The model is in the cache now: vLLM must not wait on the hub.
+    offline = {"HF_HUB_OFFLINE": "1"} if models.parse_repo(settings.llm_model) else {}
+    exec_vllm(launch, offline)
+
+
+def run_llamacpp(
+    settings: ModelServerSettings, log_level: str, announce: Callable[[str], None]
+) -> int:
+    """Serve on llama.cpp until stopped; the exit code is a fatal engine error's, else 0.
+
+    ``announce`` gets the line saying where the server listens once the app is built.
+    """
+    import uvicorn
+
+    from archon.modelserver.app import create_app
+
+    model = models.resolve_gguf(settings.llm_model)
+    exit_code = 0
+    server: uvicorn.Server | None = None
+
+    def on_fatal(exc: ConfigError) -> None:
+        nonlocal exit_code
+        logging.getLogger("archon").error("%s", exc)
+        exit_code = exc.exit_code
+        if server is not None:
+            server.should_exit = True
+
+    fastapi_app = create_app(settings, model, on_fatal=on_fatal)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            fastapi_app,
+            host=settings.host,
+            port=settings.port,
+            log_level=log_level.lower(),
+            timeout_graceful_shutdown=5,
+        )
+    )
+    shown_host = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
+    announce(
+        f"Archon model server on http://{shown_host}:{settings.port}/v1 "
+        f"(model '{fastapi_app.state.runtime.served_name}'; /health turns 200 when loaded)"
+    )
+    server.run()
+    return exit_code
