@@ -116,6 +116,14 @@ class GatewayTimeoutError(ArchonError):
     code = "upstream_timeout"
 
 
+class SyncInProgressError(ArchonError):
+    """A knowledge-base sync was asked for while one is running: a conflict, not bad config."""
+
+    status_code = 409
+    error_type = "conflict"
+    code = "sync_in_progress"
+
+
 class ConfigError(Exception):
     """A startup failure the operator fixes; the message names the setting to change.
 

@@ -264,8 +264,23 @@ class KnowledgeBaseSettings(BaseSettings):
     chunk_context: bool = Field(
         True,
         description="Index each chunk with its repo and path words besides its heading trail "
-        "(tuning half: hybrid nDCG@10 0.831 -> 0.840); a store built before applies a change "
-        "after `kb sync --reindex`.",
+        "(tuning half: hybrid nDCG@10 0.831 -> 0.840). Changing it, or the chunk sizes, "
+        "re-chunks every file at the next sync.",
+    )
+    rrf_k: int = Field(
+        60, ge=1, le=1000, description="Reciprocal-rank fusion's k: higher flattens the ranks."
+    )
+    dense_weight: float = Field(
+        0.5, ge=0.0, le=1.0, description="The dense retriever's share in fusion (BM25: the rest)."
+    )
+    fusion_candidates: int = Field(
+        4, ge=1, le=50, description="Each retriever contributes top_k times this many chunks."
+    )
+    document_weight: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of a file's other candidates' scores added to each of its chunks.",
     )
     max_request_bytes: int = Field(64 * 1024, ge=1024)
 

@@ -17,6 +17,7 @@ import pytest
 
 from archon.kb.chunking import FENCE, chunk_markdown, split_blocks
 from archon.kb.embeddings import Embedder
+from archon.kb.fusion import FusionParams
 from archon.kb.service import KnowledgeBase, make_embedder
 from archon.settings import KnowledgeBaseSettings
 from tests.support.servers import ARCHON, free_port
@@ -407,6 +408,33 @@ def test_reindex_rebuilds_from_scratch(tmp_path: Path, embedder) -> None:
         rebuilt.close()
 
 
+def test_changed_chunking_rechunks_every_file(tmp_path: Path, embedder) -> None:
+    """Chunk sizes and chunk_context are recorded: changing one re-chunks unchanged files too,
+    so that one store never mixes two chunkings; the same settings again change nothing."""
+    repo = make_repo(tmp_path, subset=["docs/federation.md", "docs/storage.md"])
+    sources = sources_file(tmp_path, repo)
+
+    def sync(**chunking: object) -> tuple[object, int]:
+        settings = KnowledgeBaseSettings(sources=sources, data_dir=tmp_path / "data", **chunking)
+        kb = KnowledgeBase(settings, embedder)
+        try:
+            return kb.sync().sources[0], kb.store.count()
+        finally:
+            kb.close()
+
+    first, big = sync()
+    assert first.added == 2
+    again, _ = sync()
+    assert (again.unchanged, again.chunks_written) == (2, 0)
+    smaller, small = sync(chunk_max_tokens=160, chunk_min_tokens=64)
+    assert (smaller.changed, smaller.unchanged) == (2, 0)
+    assert small > big  # the stale, larger chunks are gone, not kept beside the new ones
+    same, count = sync(chunk_max_tokens=160, chunk_min_tokens=64)
+    assert (same.unchanged, same.chunks_written, count) == (2, 0, small)
+    no_context, _ = sync(chunk_max_tokens=160, chunk_min_tokens=64, chunk_context=False)
+    assert no_context.changed == 2
+
+
 def test_memory_index_ranks_like_qdrant(tmp_path: Path, embedder) -> None:
     """The in-memory index (used for embedded stores) agrees with Qdrant's own search."""
     from archon.kb.index import MemoryIndex
@@ -424,10 +452,11 @@ def test_memory_index_ranks_like_qdrant(tmp_path: Path, embedder) -> None:
         ):
             dense = embedder.embed_query(text)
             for mode, fusion in (
-                ("dense", "rrf"),
-                ("bm25", "rrf"),
-                ("hybrid", "rrf"),
-                ("hybrid", "weighted"),
+                ("dense", FusionParams()),
+                ("bm25", FusionParams()),
+                ("hybrid", FusionParams()),
+                ("hybrid", FusionParams(method="weighted")),
+                ("hybrid", FusionParams(rrf_k=10, dense_weight=0.7, document_weight=0.5)),
             ):
                 ours = index.search(dense, text, top_k=5, mode=mode, fusion=fusion)
                 theirs = kb.store.search(dense, text, top_k=5, mode=mode, fusion=fusion)

@@ -29,7 +29,12 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from archon import __version__
-from archon.errors import ConfigError, ServiceUnavailableError, install_error_handlers
+from archon.errors import (
+    ConfigError,
+    ServiceUnavailableError,
+    SyncInProgressError,
+    install_error_handlers,
+)
 from archon.http import BodyLimitMiddleware, parse_json_body
 from archon.kb.query import QueryRequest
 from archon.kb.service import KnowledgeBase
@@ -87,7 +92,11 @@ def create_app(
 
     def run_sync() -> None:
         kb: KnowledgeBase = holder["kb"]
-        report = kb.sync()
+        try:
+            report = kb.sync()
+        except SyncInProgressError:
+            log.info("sync skipped: one is already running")
+            return
         gc.freeze()  # the rebuilt index too (see load_and_schedule)
         for source in report.sources:
             if source.error:

@@ -15,7 +15,8 @@ import numpy as np
 from scipy import sparse as sp
 
 from archon.kb import bm25
-from archon.kb.store import DENSE, SPARSE, ChunkStore, Fusion, Hit, Mode, fuse
+from archon.kb.fusion import FusionParams, Hit, Mode, by_document, fuse
+from archon.kb.store import DENSE, SPARSE, ChunkStore
 
 
 class MemoryIndex:
@@ -58,6 +59,7 @@ class MemoryIndex:
         n = len(ids)
         self.idf = np.log((n - document_frequency + 0.5) / (document_frequency + 0.5) + 1.0)
         self.sources = np.array([p.get("source", "") for p in payloads])
+        self.documents = [(p.get("source"), p.get("path")) for p in payloads]
         self.prefixes = [set(p.get("prefixes", [])) for p in payloads]
 
     def __len__(self) -> int:
@@ -98,8 +100,7 @@ class MemoryIndex:
         mode: Mode = "hybrid",
         sources: list[str] | None = None,
         path_prefix: str | None = None,
-        fusion: Fusion = "rrf",
-        dense_weight: float = 0.5,
+        fusion: FusionParams = FusionParams(),
     ) -> list[Hit]:
         if not self.ids:
             return []
@@ -116,17 +117,18 @@ class MemoryIndex:
             return [
                 Hit(self.ids[i], float(lexical[i]), self.payloads[i]) for i in top if lexical[i] > 0
             ]
+        depth = fusion.depth(top_k)
         semantic = self.dense @ dense
-        rankings = [[(int(i), float(semantic[i])) for i in self._top(semantic, mask, top_k * 4)]]
+        rankings = [[(int(i), float(semantic[i])) for i in self._top(semantic, mask, depth)]]
         if lexical is not None:
             rankings.append(
                 [
                     (int(i), float(lexical[i]))
-                    for i in self._top(lexical, mask, top_k * 4)
+                    for i in self._top(lexical, mask, depth)
                     if lexical[i] > 0
                 ]
             )
-        return [
-            Hit(self.ids[row], score, self.payloads[row])
-            for row, score in fuse(rankings, fusion, dense_weight)[:top_k]
-        ]
+        fused = by_document(
+            fuse(rankings, fusion), self.documents.__getitem__, fusion.document_weight
+        )
+        return [Hit(self.ids[row], score, self.payloads[row]) for row, score in fused[:top_k]]

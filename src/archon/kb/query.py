@@ -21,5 +21,5 @@ class QueryRequest(BaseModel):
     filters: Filters = Field(default_factory=Filters)
     mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
     fusion: Literal["rrf", "weighted"] = "rrf"
-    dense_weight: float = Field(0.5, ge=0.0, le=1.0)
+    dense_weight: float | None = Field(None, ge=0.0, le=1.0)  # None: the dense_weight setting
     score_threshold: float | None = None

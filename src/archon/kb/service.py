@@ -7,17 +7,18 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from archon.errors import ConfigError
+from archon.errors import SyncInProgressError
 from archon.kb.embeddings import (
     Embedder,
     OpenAIEmbedder,
     SentenceTransformerEmbedder,
     bundled_model_path,
 )
+from archon.kb.fusion import Fusion, FusionParams, Mode, Searcher
 from archon.kb.index import MemoryIndex
 from archon.kb.rerank import Reranker
 from archon.kb.sources import load_sources
-from archon.kb.store import ChunkStore, Fusion, Mode
+from archon.kb.store import ChunkStore
 from archon.kb.sync import State, Syncer, SyncReport, check_embedder
 from archon.settings import KnowledgeBaseSettings
 
@@ -76,9 +77,7 @@ class KnowledgeBase:
         store = ChunkStore(location, self.settings.collection, 1)
         store.client.delete_collection(self.settings.collection)
         store.close()
-        with self.state.db:
-            self.state.db.execute("DELETE FROM files")
-            self.state.db.execute("DELETE FROM meta")
+        self.state.clear()
 
     @property
     def syncing(self) -> bool:
@@ -87,7 +86,7 @@ class KnowledgeBase:
     def sync(self, sources_file: Path | None = None, progress: Any = None) -> SyncReport:
         sources = load_sources(sources_file or self.settings.sources)
         if not self._sync_lock.acquire(blocking=False):
-            raise ConfigError("a sync is already running")
+            raise SyncInProgressError("a sync is already running")
         try:
             self.last_report = self.syncer.sync(sources, progress)
             if self._index is not None:
@@ -107,10 +106,10 @@ class KnowledgeBase:
         path_prefix: str | None = None,
         score_threshold: float | None = None,
         fusion: Fusion = "rrf",
-        dense_weight: float = 0.5,
+        dense_weight: float | None = None,
     ) -> list[dict[str, Any]]:
         dense = self.embedder.embed_query(text) if mode != "bm25" else None
-        searcher = self.store if self.settings.qdrant else self.index()
+        searcher: Searcher = self.store if self.settings.qdrant else self.index()
         candidates = max(top_k, self.settings.rerank_candidates) if self.reranker else top_k
         hits = searcher.search(
             dense,
@@ -119,8 +118,7 @@ class KnowledgeBase:
             mode=mode,
             sources=sources,
             path_prefix=path_prefix,
-            fusion=fusion,
-            dense_weight=dense_weight,
+            fusion=self.fusion(fusion, dense_weight),
         )
         if self.reranker is not None and len(hits) > 1:
             scores = self.reranker.scores(text, [_rerank_text(h.payload) for h in hits])
@@ -148,6 +146,17 @@ class KnowledgeBase:
                 }
             )
         return out
+
+    def fusion(self, method: Fusion = "rrf", dense_weight: float | None = None) -> FusionParams:
+        """The configured fusion, with a request's own method and weight."""
+        s = self.settings
+        return FusionParams(
+            method=method,
+            dense_weight=s.dense_weight if dense_weight is None else dense_weight,
+            rrf_k=s.rrf_k,
+            candidates=s.fusion_candidates,
+            document_weight=s.document_weight,
+        )
 
     def warm(self) -> None:
         """Build what the first query would otherwise wait for."""

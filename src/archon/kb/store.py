@@ -8,44 +8,18 @@ from __future__ import annotations
 
 import threading
 import uuid
-from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any
 
 import numpy as np
 from qdrant_client import QdrantClient, models
 
 from archon.errors import StoreInUse
 from archon.kb import bm25
+from archon.kb.fusion import FusionParams, Hit, Mode, by_document, fuse
 
 DENSE = "dense"
 SPARSE = "bm25"
 ID_NAMESPACE = uuid.UUID("6f1c2b0e-9a4d-4e55-8c3a-2f7b1d0e9c41")
-Mode = Literal["hybrid", "dense", "bm25"]
-Fusion = Literal["rrf", "weighted"]
-K = TypeVar("K", str, int)
-RRF_K = 60
-
-
-def fuse(
-    rankings: list[list[tuple[K, float]]], method: Fusion = "rrf", dense_weight: float = 0.5
-) -> list[tuple[K, float]]:
-    """Combine ranked (id, score) lists, dense first: reciprocal-rank fusion, or a weighted sum
-    of min-max-normalised scores (dense_weight for the first list, the rest for the second)."""
-    fused: dict[K, float] = {}
-    for n, ranking in enumerate(rankings):
-        if method == "rrf":
-            for rank, (point_id, _) in enumerate(ranking):
-                fused[point_id] = fused.get(point_id, 0.0) + 1.0 / (RRF_K + rank + 1)
-            continue
-        if not ranking:
-            continue
-        weight = dense_weight if n == 0 else 1.0 - dense_weight
-        scores = [s for _, s in ranking]
-        low, high = min(scores), max(scores)
-        for point_id, score in ranking:
-            normalised = (score - low) / (high - low) if high > low else 1.0
-            fused[point_id] = fused.get(point_id, 0.0) + weight * normalised
-    return sorted(fused.items(), key=lambda item: -item[1])
 
 
 def chunk_id(source: str, path: str, position: int) -> str:
@@ -56,13 +30,6 @@ def chunk_id(source: str, path: str, position: int) -> str:
 def path_prefixes(path: str) -> list[str]:
     parts = path.split("/")
     return ["/".join(parts[: i + 1]) for i in range(len(parts))]
-
-
-@dataclass
-class Hit:
-    id: str
-    score: float
-    payload: dict[str, Any]
 
 
 class ChunkStore:
@@ -173,8 +140,7 @@ class ChunkStore:
         mode: Mode = "hybrid",
         sources: list[str] | None = None,
         path_prefix: str | None = None,
-        fusion: Fusion = "rrf",
-        dense_weight: float = 0.5,
+        fusion: FusionParams = FusionParams(),
     ) -> list[Hit]:
         must = []
         if sources:
@@ -221,16 +187,18 @@ class ChunkStore:
                     self.collection,
                     query=query,
                     using=using,
-                    limit=top_k * 4,
+                    limit=fusion.depth(top_k),
                     query_filter=flt,
                     with_payload=True,
                 ).points
                 rankings.append([(str(p.id), float(p.score)) for p in points])
                 payloads.update({str(p.id): p.payload or {} for p in points})
-            return [
-                Hit(i, score, payloads[i])
-                for i, score in fuse(rankings, fusion, dense_weight)[:top_k]
-            ]
+            fused = by_document(
+                fuse(rankings, fusion),
+                lambda i: (payloads[i].get("source"), payloads[i].get("path")),
+                fusion.document_weight,
+            )
+            return [Hit(i, score, payloads[i]) for i, score in fused[:top_k]]
         return [Hit(str(p.id), float(p.score), p.payload or {}) for p in result.points]
 
     def close(self) -> None:

@@ -76,6 +76,17 @@ class State:
         with self.db:
             self.db.execute("DELETE FROM files WHERE source=? AND path=?", (source, path))
 
+    def forget_source(self, name: str) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM files WHERE source=?", (name,))
+            self.db.execute("DELETE FROM sources WHERE name=?", (name,))
+
+    def clear(self) -> None:
+        """Forget every file and the recorded model: the next sync rebuilds everything."""
+        with self.db:
+            self.db.execute("DELETE FROM files")
+            self.db.execute("DELETE FROM meta")
+
     def source_result(self, name: str, commit: str | None, error: str | None) -> None:
         now = time.time()
         with self.db:
@@ -145,21 +156,32 @@ class Syncer:
     def sync(self, sources: list[Source], progress: Progress | None = None) -> SyncReport:
         began = time.monotonic()
         report = SyncReport()
+        # A change of chunking settings re-chunks every file, not only the changed ones: a store
+        # must not mix chunks of two sizes or two kinds of indexed text.
+        recorded = self.state.meta("chunking")
+        rechunk = recorded != self.chunking and any(self.state.sources())
+        if rechunk:
+            log.info("chunking changed (%s -> %s): re-chunking every file", recorded, self.chunking)
         for source in sources:
-            report.sources.append(self._sync_source(source, progress))
+            report.sources.append(self._sync_source(source, progress, rechunk))
+        if report.ok:
+            self.state.set_meta("chunking", self.chunking)
         # Sources removed from the sources file lose their chunks too.
         names = {s.name for s in sources}
         for row in self.state.sources():
             if row["name"] not in names:
                 self.store.delete_source(row["name"])
-                for path in self.state.files(row["name"]):
-                    self.state.forget(row["name"], path)
-                with self.state.db:
-                    self.state.db.execute("DELETE FROM sources WHERE name=?", (row["name"],))
+                self.state.forget_source(row["name"])
         report.seconds = time.monotonic() - began
         return report
 
-    def _sync_source(self, source: Source, progress: Progress | None) -> SourceReport:
+    @property
+    def chunking(self) -> str:
+        return f"max_tokens={self.max_tokens} min_tokens={self.min_tokens} context={self.context}"
+
+    def _sync_source(
+        self, source: Source, progress: Progress | None, rechunk: bool = False
+    ) -> SourceReport:
         result = SourceReport(source.name)
         try:
             tree = checkout(source, self.cache)
@@ -174,7 +196,7 @@ class Syncer:
             data = (tree.root / path).read_bytes()
             content_hash = hashlib.sha256(data).hexdigest()
             previous = known.get(path)
-            if previous and previous[0] == content_hash and previous[2] == "done":
+            if not rechunk and previous and previous[0] == content_hash and previous[2] == "done":
                 result.unchanged += 1
             else:
                 if previous is None:

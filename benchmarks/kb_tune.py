@@ -1,0 +1,119 @@
+"""Retrieval tuning on the judged set's tuning half: chunk sizes, then fusion, in one run.
+
+Syncs the three real corpora (../shared/corpora, 553 Markdown files) once per chunk-size setting
+(cached under --data, so a rerun only re-scores), scores dense, BM25 and hybrid with every fusion
+setting in the grid on the chosen split, and prints the best settings. Tune on `tune`; run once
+more with `--split test --only CONFIG` to report the held-out half.
+
+    .venv/bin/python benchmarks/kb_tune.py --data /tmp/kb-tune [--split tune] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from kb_bench import make_repos
+
+JUDGED = Path(__file__).resolve().parent / "data" / "kb_judged"
+CHUNKS = ["800:400", "400:200", "224:112"]  # chunk_max_tokens:chunk_min_tokens
+GRID = {
+    "rrf_k": [10, 30, 60],
+    "dense_weight": [0.4, 0.5, 0.6, 0.7],
+    "fusion_candidates": [2, 4, 8],
+    "document_weight": [0.0, 0.25, 0.5],
+}
+
+
+def judged(split: str) -> list:
+    from archon.kb.evaluate import Judged, _grades
+
+    out = []
+    for file in sorted(JUDGED.glob("*.jsonl")):
+        for line in file.read_text().splitlines():
+            if line.strip():
+                item = json.loads(line)
+                if item.get("split") == split:
+                    out.append(
+                        Judged(item["query"], _grades(item["relevant"]), split, item.get("kind"))
+                    )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", type=Path, required=True, help="cache of synced stores")
+    parser.add_argument("--split", default="tune")
+    parser.add_argument("--chunks", nargs="+", default=CHUNKS)
+    parser.add_argument("--only", help="score one fusion setting: k=..,w=..,c=..,d=..")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    from archon.kb.evaluate import evaluate
+    from archon.kb.service import KnowledgeBase
+    from archon.settings import KnowledgeBaseSettings
+
+    queries = judged(args.split)
+    args.data.mkdir(parents=True, exist_ok=True)
+    sources = args.data / "sources.yaml"
+    if not sources.exists():
+        sources = make_repos(args.data)
+    if args.only:
+        values = dict(part.split("=") for part in args.only.split(","))
+        grid = [
+            {
+                "rrf_k": int(values["k"]),
+                "dense_weight": float(values["w"]),
+                "fusion_candidates": int(values["c"]),
+                "document_weight": float(values["d"]),
+            }
+        ]
+    else:
+        grid = [dict(zip(GRID, combo, strict=True)) for combo in itertools.product(*GRID.values())]
+    results = []
+    for chunks in args.chunks:
+        high, low = (int(x) for x in chunks.split(":"))
+        settings = KnowledgeBaseSettings(
+            sources=sources,
+            data_dir=args.data / f"chunks-{high}-{low}",
+            chunk_max_tokens=high,
+            chunk_min_tokens=low,
+        )
+        kb = KnowledgeBase(settings)
+        began = time.perf_counter()
+        report = kb.sync()
+        chunk_count = kb.store.count()
+        print(f"chunks {chunks}: {chunk_count} chunks, sync {time.perf_counter() - began:.1f}s")
+        assert report.ok, report
+        singles = {s.mode: s.ndcg_at_10 for s in evaluate(kb, queries, ("dense", "bm25"))}
+        print(f"  dense {singles['dense']:.3f}  bm25 {singles['bm25']:.3f}", flush=True)
+        for params in grid:
+            kb.settings = settings.model_copy(update=params)
+            (score,) = evaluate(kb, queries, ("hybrid",))
+            row = {"chunks": chunks, **params, "hybrid": score.ndcg_at_10, **singles}
+            row["recall"] = score.recall_at_10
+            results.append(row)
+        best = max((r for r in results if r["chunks"] == chunks), key=lambda r: r["hybrid"])
+        print(f"  best hybrid {best['hybrid']:.3f} with {best}", flush=True)
+        kb.close()
+    results.sort(key=lambda r: -r["hybrid"])
+    print(f"\ntop settings on {args.split} ({len(queries)} questions):")
+    for row in results[:15]:
+        print(
+            "  "
+            + "  ".join(
+                f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+            )
+        )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
