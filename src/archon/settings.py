@@ -17,6 +17,7 @@ import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from archon.agent.generation import GenerationSettings, parse_generation
 from archon.errors import ConfigError
 
 # vLLM's --quantization choices that a vllm-config ConfigMap may name; "none" means no flag.
@@ -374,11 +375,21 @@ class AgentSettings(BaseSettings):
         description="When Redis is unreachable, refuse metered keys' requests with 503 instead "
         "of answering them without limits.",
     )
+    generation: Annotated[GenerationSettings, NoDecode] = Field(
+        default_factory=GenerationSettings,
+        description="Sampling and answer length for chat requests that leave them out, as YAML "
+        "or JSON: {default: {...}, models: {<glob>: {...}}} (docs/agent.md#generation-defaults).",
+    )
 
     @field_validator("upstreams", "api_keys", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_list(value)
+
+    @field_validator("generation", mode="before")
+    @classmethod
+    def _generation(cls, value: Any) -> Any:
+        return parse_generation(value)
 
     @field_validator("upstreams")
     @classmethod

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from archon.agent.auth import ApiKey
+from archon.agent.generation import apply_generation
 from archon.agent.limits import Grant, Limiter, StreamMeter, usage_of
 from archon.agent.metrics import AgentMetrics
 from archon.agent.rag import (
@@ -148,6 +149,8 @@ class Gateway:
         include_usage = isinstance(stream_options, dict) and bool(
             stream_options.get("include_usage")
         )
+        # Before the limits, so that they see the body the model server will get.
+        changed |= apply_generation(self.settings.generation, data, key)
         grant = None
         if key is not None and key.metered and self.limits is not None:
             # Before retrieval: a refused request costs no knowledge-base query.

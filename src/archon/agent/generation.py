@@ -1,0 +1,157 @@
+"""Generation defaults for answers: sampling and answer length the agent fills in per model.
+
+A chat request that leaves a field out gets the agent's value for its model; a field the
+request sets is left alone, except ``max_tokens`` above ``max_tokens_cap``, which is lowered
+to the cap (the answer then ends with ``finish_reason: "length"``). A metered key's own
+``default_max_tokens`` wins over the agent's default, and its ``max_tokens`` cap still bounds
+it (archon.agent.limits checks the body after this).
+
+Why the defaults below: measured on the tuning half of benchmarks/data/answers.jsonl with
+``archon agent eval`` against the bundled SmolLM2-135M (docs/benchmarks.md). OpenAI's defaults
+(temperature 1, no length limit) make a small model ramble until its context is full.
+"""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+if TYPE_CHECKING:  # settings.py imports this module: keep its imports light
+    from archon.agent.auth import ApiKey
+
+# Sampling fields copied into the body as they are: OpenAI's, plus repetition_penalty, which
+# archon serve and vLLM both accept (OpenAI's API would reject it: leave it unset for such).
+SAMPLING_FIELDS = (
+    "temperature",
+    "top_p",
+    "frequency_penalty",
+    "presence_penalty",
+    "repetition_penalty",
+)
+_LENGTH_FIELDS = ("max_tokens", "max_completion_tokens")
+
+
+class Sampling(BaseModel):
+    """One set of defaults; a field left unset (null) is not sent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
+    max_tokens: int | None = Field(None, ge=1, description="When the request names none.")
+    max_tokens_cap: int | None = Field(None, ge=1, description="Requests above it are lowered.")
+
+    def over(self, base: Sampling) -> Sampling:
+        """These values where set (null included: it unsets), ``base``'s elsewhere."""
+        merged = base.model_copy(update=self.model_dump(exclude_unset=True))
+        merged.model_fields_set.update(base.model_fields_set | self.model_fields_set)
+        return merged
+
+    def check(self, where: str) -> None:
+        if self.max_tokens and self.max_tokens_cap and self.max_tokens > self.max_tokens_cap:
+            raise ValueError(
+                f"{where}: max_tokens {self.max_tokens} is above max_tokens_cap "
+                f"{self.max_tokens_cap}"
+            )
+
+
+def _measured_default() -> Sampling:
+    # The values chosen by the measurement in docs/benchmarks.md ("Answers").
+    return Sampling(
+        temperature=0.2,
+        top_p=0.9,
+        frequency_penalty=None,
+        presence_penalty=None,
+        repetition_penalty=1.1,
+        max_tokens=256,
+        max_tokens_cap=1024,
+    )
+
+
+class GenerationSettings(BaseModel):
+    """The agent's ``generation`` setting: ``default`` for every model (its fields over the
+    measured ones), and ``models``: globs over the request's model name (``smollm2-*``), the
+    first that matches putting its fields over ``default``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default: Sampling = Field(default_factory=_measured_default)
+    models: dict[str, Sampling] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _merged(self) -> GenerationSettings:
+        self.default = self.default.over(_measured_default())
+        self.default.check("default")
+        self.models = {glob: s.over(self.default) for glob, s in self.models.items()}
+        for glob, merged in self.models.items():
+            merged.check(f"models.{glob}")
+        return self
+
+    def for_model(self, model: Any) -> Sampling:
+        name = model if isinstance(model, str) else ""
+        for glob, overrides in self.models.items():
+            if fnmatchcase(name, glob):
+                return overrides
+        return self.default
+
+
+def parse_generation(value: Any) -> Any:
+    """The setting from YAML or JSON text (an environment variable, a ConfigMap value) or a
+    mapping; a mistake is one line naming the field (``models.smollm2-*.temperature: ...``)."""
+    if isinstance(value, GenerationSettings):
+        return value
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value) if value.strip() else {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"not YAML or JSON: {str(exc).splitlines()[0]}") from None
+    if value is None:
+        value = {}
+    try:
+        return GenerationSettings.model_validate(value)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        if not err["loc"] and "error" in err.get("ctx", {}):
+            raise ValueError(str(err["ctx"]["error"])) from None  # already says where
+        where = ".".join(str(p) for p in err["loc"])
+        raise ValueError(f"{where}: {err['msg']}") from None
+
+
+def apply_generation(
+    settings: GenerationSettings, data: dict[str, Any], key: ApiKey | None = None
+) -> bool:
+    """Fill the body's unset sampling fields and its answer length in place; True if changed.
+
+    Runs before the key's limits (archon.agent.limits.Limiter.admit) so they see the final body.
+    """
+    values = settings.for_model(data.get("model"))
+    changed = False
+    for name in SAMPLING_FIELDS:
+        value = getattr(values, name)
+        if value is not None and data.get(name) is None:
+            data[name] = value
+            changed = True
+    cap = values.max_tokens_cap
+    asked = [f for f in _LENGTH_FIELDS if data.get(f) is not None]
+    for name in asked:
+        value = data[name]
+        # A bool is an int to Python: leave it for the model server's 400.
+        if cap is not None and type(value) is int and value > cap:
+            data[name] = cap
+            changed = True
+    if asked or values.max_tokens is None:
+        return changed
+    metered = key is not None and key.metered
+    if metered and key.default_max_tokens is not None:
+        return changed  # the key's own default is the more specific one
+    length = values.max_tokens
+    if metered and key.max_tokens is not None:
+        length = min(length, key.max_tokens)
+    data["max_tokens"] = length
+    return True

@@ -1,0 +1,162 @@
+"""The agent's generation defaults end to end: what reaches a stand-in model server (the exact
+body), and what the real one (bundled SmolLM2) does with every field the agent sends."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+import yaml
+
+from archon.agent.auth import hash_key
+from tests.conftest import MODEL
+from tests.support.fake_upstream import FAKE_MODEL, FakeUpstream
+from tests.support.servers import Server
+from tests.support.stack import start_agent, wait_agent_ready
+
+pytestmark = pytest.mark.slow
+
+EVERY_FIELD = {
+    "temperature": 0.0,
+    "top_p": 0.9,
+    "frequency_penalty": 0.2,
+    "presence_penalty": 0.1,
+    "repetition_penalty": 1.3,
+    "max_tokens": 12,
+    "max_tokens_cap": 20,
+}
+SENT = {k: v for k, v in EVERY_FIELD.items() if k != "max_tokens_cap"}
+LONG = "Write a long story about a dragon who learns to cook."
+
+
+def sdk(agent: Server, key: str = "unused") -> openai.OpenAI:
+    return openai.OpenAI(base_url=agent.url + "/v1", api_key=key, max_retries=0, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeUpstream]:
+    upstream = FakeUpstream()
+    try:
+        yield upstream
+    finally:
+        upstream.stop()
+
+
+def test_the_stand_in_gets_the_defaults_the_requests_own_values_and_the_keys_caps(
+    tmp_path: Path, fake: FakeUpstream
+) -> None:
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(
+        yaml.safe_dump(
+            {
+                "keys": [
+                    {"name": "capped", "key": hash_key("sk-capped"), "max_tokens": 8},
+                    {"name": "own", "key": hash_key("sk-own"), "default_max_tokens": 3},
+                    {"name": "plain", "key": hash_key("sk-plain")},
+                ]
+            }
+        )
+    )
+    generation = {"default": EVERY_FIELD, "models": {"fake-*": {"temperature": 0.4}}}
+    agent = start_agent(
+        tmp_path,
+        [fake.url],
+        None,
+        env={
+            "ARCHON_AGENT_GENERATION": json.dumps(generation),
+            "ARCHON_AGENT_API_KEYS_FILE": str(keys),
+        },
+    )
+    try:
+        wait_agent_ready(agent)
+        hi = [{"role": "user", "content": "Hi"}]
+        plain = sdk(agent, "sk-plain")
+        plain.chat.completions.create(model=FAKE_MODEL, messages=hi)
+        assert {k: fake.bodies[-1].get(k) for k in SENT} == {**SENT, "temperature": 0.4}
+
+        plain.chat.completions.create(
+            model=FAKE_MODEL, messages=hi, temperature=1.0, top_p=1.0, max_tokens=5
+        )
+        body = fake.bodies[-1]
+        assert (body["temperature"], body["top_p"], body["max_tokens"]) == (1.0, 1.0, 5)
+        assert body["repetition_penalty"] == 1.3  # what the request left out is still filled
+
+        answer = plain.chat.completions.create(model=FAKE_MODEL, messages=hi, max_tokens=500)
+        assert fake.bodies[-1]["max_tokens"] == 20  # lowered to the cap, not refused
+        assert answer.usage is not None and answer.usage.completion_tokens == 20
+
+        # A key's cap bounds the agent's default (12 would be refused above the key's 8)...
+        sdk(agent, "sk-capped").chat.completions.create(model=FAKE_MODEL, messages=hi)
+        assert fake.bodies[-1]["max_tokens"] == 8
+        # ...and a key's own default wins over the agent's.
+        sdk(agent, "sk-own").chat.completions.create(model=FAKE_MODEL, messages=hi)
+        assert fake.bodies[-1]["max_tokens"] == 3
+        with pytest.raises(openai.BadRequestError) as err:
+            sdk(agent, "sk-capped").chat.completions.create(
+                model=FAKE_MODEL, messages=hi, max_tokens=15
+            )
+        assert err.value.body["code"] == "max_tokens_above_limit"  # the key's cap still rules
+    finally:
+        agent.stop()
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory, server: Server) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("generation")
+    agent = start_agent(
+        tmp,
+        [server.url],
+        None,
+        env={"ARCHON_AGENT_GENERATION": json.dumps({"default": EVERY_FIELD})},
+    )
+    try:
+        wait_agent_ready(agent)
+        yield agent
+    finally:
+        agent.stop()
+
+
+def test_the_real_model_server_takes_every_field_and_the_answer_stops_at_the_default(
+    agent: Server,
+) -> None:
+    client = sdk(agent)
+    messages = [{"role": "user", "content": LONG}]
+    first = client.chat.completions.create(model=MODEL, messages=messages)
+    second = client.chat.completions.create(model=MODEL, messages=messages)
+    assert first.usage is not None and first.usage.completion_tokens == 12
+    assert first.choices[0].finish_reason == "length"
+    # temperature 0 from the agent: greedy, so the same answer twice (the model server's
+    # default temperature is 1)
+    assert first.choices[0].message.content == second.choices[0].message.content
+
+    capped = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=400)
+    assert capped.usage is not None and capped.usage.completion_tokens == 20
+    # the same greedy answer, longer: the cap, not a different request, ended it
+    assert (capped.choices[0].message.content or "").startswith(
+        first.choices[0].message.content or "\x00"
+    )
+
+    # The agent's penalties reach the engine: without them the greedy answer differs.
+    unpenalised = client.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        max_tokens=20,
+        extra_body={"repetition_penalty": 1.0, "frequency_penalty": 0, "presence_penalty": 0},
+    )
+    assert unpenalised.choices[0].message.content != capped.choices[0].message.content
+
+
+def test_a_stream_stops_at_the_default_too(agent: Server) -> None:
+    chunks = list(
+        sdk(agent).chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": LONG}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 12
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
