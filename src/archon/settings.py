@@ -18,6 +18,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from archon.agent.generation import GenerationSettings, parse_generation
+from archon.agent.discovery import DnsTarget
 from archon.errors import ConfigError
 
 # vLLM's --quantization choices that a vllm-config ConfigMap may name; "none" means no flag.
@@ -375,6 +376,31 @@ class AgentSettings(BaseSettings):
         description="When Redis is unreachable, refuse metered keys' requests with 503 instead "
         "of answering them without limits.",
     )
+    routing: Literal["signals", "least-in-flight", "round-robin"] = Field(
+        "signals",
+        description="How an upstream is chosen: signals (the model servers' queue and KV-cache "
+        "use from /metrics, and the agent's in-flight count), least-in-flight, round-robin.",
+    )
+    upstream_concurrency: int = Field(
+        0,
+        ge=0,
+        le=100_000,
+        description="Requests the agent has open to one upstream before the next ones wait in "
+        "its priority queue; 0: no agent queue (the model servers queue).",
+    )
+    queue_size: int = Field(
+        100, ge=1, le=100_000, description="Requests that may wait, all priority classes."
+    )
+    queue_timeout_interactive: float = Field(
+        30.0, gt=0, le=3600, description="Seconds an interactive request may wait in the queue."
+    )
+    queue_timeout_batch: float = Field(
+        60.0, gt=0, le=3600, description="Seconds a batch request may wait in the queue."
+    )
+    default_priority: Literal["interactive", "batch"] = Field(
+        "interactive",
+        description="Priority class of requests whose key names none (auth off, plain keys).",
+    )
     generation: Annotated[GenerationSettings, NoDecode] = Field(
         default_factory=GenerationSettings,
         description="Sampling and answer length for chat requests that leave them out, as YAML "
@@ -397,8 +423,10 @@ class AgentSettings(BaseSettings):
         if not value:
             raise ValueError("give at least one model-server URL")
         for url in value:
-            if not re.match(r"^https?://[^/\s]+", url):
-                raise ValueError(f"{url!r} is not an http(s):// URL")
+            if url.startswith("dns+"):
+                DnsTarget.parse(url)  # its ValueError names the entry
+            elif not re.match(r"^https?://[^/\s]+", url):
+                raise ValueError(f"{url!r} is not an http(s):// or dns+http(s):// URL")
         return [url.rstrip("/") for url in value]
 
     @field_validator("kb_url")

@@ -114,7 +114,7 @@ def allows(
 
 
 def service_for_url(url: str) -> tuple[str, str, int]:
-    parts = urlsplit(url)
+    parts = urlsplit(url.removeprefix("dns+"))
     match = re.fullmatch(r"([a-z0-9-]+)\.([a-z0-9-]+)\.svc(?:\.cluster\.local)?", parts.hostname)
     assert match, f"{url}: use http://<service>.<namespace>.svc:<port>"
     assert parts.port, f"{url}: give the port"
@@ -230,7 +230,7 @@ def test_configmap_and_secret_reach_the_agent_as_its_settings(
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     settings = AgentSettings()
-    assert settings.upstreams == ["http://vllm.archon-system.svc:8000"]
+    assert settings.upstreams == ["dns+http://vllm-pods.archon-system.svc:8000"]
     assert settings.kb_url == "http://archon-knowledge-base.archon-knowledge-base.svc:8100"
     assert settings.host == "0.0.0.0" and settings.port == 8080
     assert str(settings.api_keys_file) == str(keys_file)
@@ -305,6 +305,23 @@ def test_upstreams_and_knowledge_base_name_the_shipped_services() -> None:
         service = find(docs, "Service", name)
         assert service["metadata"]["namespace"] == namespace, url
         assert port in [p["port"] for p in service["spec"]["ports"]], url
+        if url.startswith("dns+"):
+            # Found in DNS: a headless Service, one record per ready pod of the model server.
+            assert service["spec"]["clusterIP"] == "None", url
+            assert not service["spec"].get("publishNotReadyAddresses"), url
+            pods = find(docs, "Deployment", "vllm")["spec"]["template"]["metadata"]["labels"]
+            assert selects({"matchLabels": service["spec"]["selector"]}, pods), url
+
+
+def test_the_model_server_is_scraped_once_per_pod() -> None:
+    """The headless Service for the agent must not be a second scrape target of each pod."""
+    monitors = kustomize(ROOT / "manifests/monitoring")
+    selector = find(monitors, "ServiceMonitor", "archon-model-server")["spec"]["selector"]
+    services = [d for d in kustomize(ROOT / "manifests/model-server") if d["kind"] == "Service"]
+    scraped = [
+        s["metadata"]["name"] for s in services if selects(selector, s["metadata"]["labels"])
+    ]
+    assert scraped == ["vllm"]
 
 
 def test_network_policies_let_the_agent_through_and_no_one_else_in() -> None:

@@ -18,11 +18,13 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from archon import __version__
+from archon.agent.admission import make_admission
 from archon.agent.auth import ApiKey, KeyRing
 from archon.agent.gateway import Gateway
 from archon.agent.limits import Limiter, make_backend
 from archon.agent.metrics import AgentMetrics
 from archon.agent.rag import KnowledgeBaseClient
+from archon.agent.routing import Router
 from archon.agent.upstreams import UpstreamPool
 from archon.errors import ArchonError, install_error_handlers
 from archon.http import BodyLimitMiddleware
@@ -47,6 +49,7 @@ def create_app(settings: AgentSettings) -> FastAPI:
         check_timeout=settings.connect_timeout + 2.0,
         affinity=settings.affinity,
         headers=upstream_headers,
+        router=Router(settings.routing, settings.affinity),
     )
     kb = (
         KnowledgeBaseClient(
@@ -75,7 +78,16 @@ def create_app(settings: AgentSettings) -> FastAPI:
         )
     elif settings.redis_url:
         log.info("redis_url is set but no key is named in the keys file: nothing to count")
-    gateway = Gateway(settings, pool, kb, metrics, limiter)
+    admission = make_admission(
+        pool,
+        settings.upstream_concurrency,
+        settings.queue_size,
+        {"interactive": settings.queue_timeout_interactive, "batch": settings.queue_timeout_batch},
+        metrics,
+    )
+    if admission is not None:
+        metrics.pool_gauges.queue_depth = admission.depth
+    gateway = Gateway(settings, pool, kb, metrics, limiter, admission)
 
     async def watch_kb() -> None:
         assert kb is not None

@@ -69,7 +69,8 @@ class ApiKey:
     digest: bytes = field(repr=False)
     metered: bool = False
     admin: bool = False
-    priority: Priority = "interactive"  # read by the scheduler (next step), shown in /v1/usage
+    priority: Priority = "interactive"  # its class in the admission queue (archon.agent.admission)
+    set_priority: bool = False  # may raise its class with the x-archon-priority header
     models: tuple[str, ...] | None = None  # glob patterns; None: every model
     max_tokens: int | None = None  # the cap a request may ask for
     default_max_tokens: int | None = None  # applied when a request names none
@@ -90,6 +91,7 @@ class KeySpec(BaseModel):
     key: str = Field(min_length=1, description="sha256:<hex> digest (or, discouraged, the key)")
     admin: bool = False
     priority: Priority = "interactive"
+    set_priority: bool = False
     models: list[str] | None = None
     max_tokens: int | None = Field(None, ge=1)
     default_max_tokens: int | None = Field(None, ge=1)
@@ -121,6 +123,7 @@ class KeySpec(BaseModel):
             metered=True,
             admin=self.admin,
             priority=self.priority,
+            set_priority=self.set_priority,
             models=tuple(self.models) if self.models is not None else None,
             max_tokens=self.max_tokens,
             default_max_tokens=self.default_max_tokens,

@@ -19,6 +19,8 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from archon.agent.admission import HEADER as PRIORITY_HEADER
+from archon.agent.admission import Admission, Priority, priority_of
 from archon.agent.auth import ApiKey
 from archon.agent.generation import apply_generation
 from archon.agent.limits import Grant, Limiter, StreamMeter, usage_of
@@ -66,6 +68,7 @@ class Prepared:
     conversation: str | None = None
     include_usage: bool = False  # the client asked for the usage chunk
     grant: Grant | None = None  # a metered key's admission (archon.agent.limits)
+    priority: Priority = "interactive"  # its class in the admission queue
 
 
 class Gateway:
@@ -76,9 +79,11 @@ class Gateway:
         kb: KnowledgeBaseClient | None,
         metrics: AgentMetrics,
         limits: Limiter | None = None,
+        admission: Admission | None = None,
     ):
         self.settings = settings
         self.pool = pool
+        self.admission = admission  # None: no agent queue (upstream_concurrency 0)
         self.kb = kb
         self.metrics = metrics
         self.limits = limits  # None: no key is metered, nothing to check or count
@@ -92,12 +97,15 @@ class Gateway:
 
     async def chat(self, request: Request, key: ApiKey | None = None) -> Response:
         began = time.perf_counter()
+        priority = self.priority(request, key)
         raw = await request.body()
         prepared = await self.prepare_chat(raw, key)
+        prepared.priority = priority
         return await self._forward(request, "/v1/chat/completions", "chat", prepared, began)
 
     async def completions(self, request: Request, key: ApiKey | None = None) -> Response:
         began = time.perf_counter()
+        priority = self.priority(request, key)
         raw = await request.body()
         data = parse_json_object(raw)
         model = data.get("model")
@@ -108,9 +116,21 @@ class Gateway:
             if grant.changed:
                 raw = json.dumps(data, ensure_ascii=False).encode()
         prepared = Prepared(
-            raw, model if isinstance(model, str) else None, stream, "off", grant=grant
+            raw,
+            model if isinstance(model, str) else None,
+            stream,
+            "off",
+            grant=grant,
+            priority=priority,
         )
         return await self._forward(request, "/v1/completions", "completions", prepared, began)
+
+    def priority(self, request: Request, key: ApiKey | None) -> Priority:
+        if self.admission is None:
+            return "interactive"  # nothing is queued: the class changes nothing
+        return priority_of(
+            key, request.headers.get(PRIORITY_HEADER), self.settings.default_priority
+        )
 
     async def models(self, key: ApiKey | None = None) -> dict[str, Any]:
         healthy = [up for up in self.pool.upstreams if up.healthy]
@@ -207,11 +227,16 @@ class Gateway:
         every other way out of here releases it on the spot.
         """
         assert self.session is not None
+        limit = 0
+        if self.admission is not None:
+            # Returns when a slot is free; the lease below is taken before any other await.
+            await self.admission.enter(prepared.priority, prepared.model)
+            limit = self.admission.policy.concurrency
         try:
-            candidates = self.pool.candidates(prepared.model, prepared.conversation)
+            candidates = self.pool.candidates(prepared.model, prepared.conversation, limit)
         except ServiceUnavailableError:
             await self.pool.recheck_soon()
-            candidates = self.pool.candidates(prepared.model, prepared.conversation)
+            candidates = self.pool.candidates(prepared.model, prepared.conversation, limit)
         failures: list[str] = []
         for up in candidates:
             with self.pool.lease(up) as lease:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -21,6 +21,7 @@ class _PoolGauges(Collector):
     def __init__(self, pool: UpstreamPool, kb: KnowledgeBaseClient | None):
         self.pool = pool
         self.kb = kb
+        self.queue_depth: Callable[[], dict[str, int]] | None = None  # set by the admission
 
     def collect(self) -> Iterator[Metric]:
         healthy = GaugeMetricFamily(
@@ -38,6 +39,15 @@ class _PoolGauges(Collector):
             in_flight.add_metric([up.url], float(up.in_flight))
         yield healthy
         yield in_flight
+        depth = GaugeMetricFamily(
+            "archon_agent_queue_depth",
+            "Requests waiting for a free upstream, by priority class (absent without a queue).",
+            labels=["priority"],
+        )
+        if self.queue_depth is not None:
+            for priority, count in self.queue_depth().items():
+                depth.add_metric([priority], float(count))
+        yield depth
         kb_up = GaugeMetricFamily(
             "archon_agent_knowledge_base_up",
             "1 when the last knowledge-base call or check succeeded (absent when RAG is off).",
@@ -142,8 +152,23 @@ class AgentMetrics:
             ["operation"],
             registry=r,
         )
+        self.queue_wait = Histogram(
+            "archon_agent_queue_wait_seconds",
+            "Time a request waited in the admission queue for a free upstream, by priority.",
+            ["priority"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.shed = Counter(
+            "archon_agent_shed",
+            "Requests refused by the admission queue, by priority and reason (queue_full, "
+            "timeout, shed for a higher priority).",
+            ["priority", "reason"],
+            registry=r,
+        )
         self.budgets: list[tuple[str, str, int, int]] = []  # (key, period, budget, used)
         for outcome in ("used", "none", "degraded", "off"):
             self.rag.labels(outcome)
-        r.register(_PoolGauges(pool, kb))
+        self.pool_gauges = _PoolGauges(pool, kb)
+        r.register(self.pool_gauges)
         r.register(_BudgetGauges(self))

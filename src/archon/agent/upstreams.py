@@ -1,32 +1,27 @@
-"""The model servers behind the agent: health checks, routing and failover.
+"""The model servers behind the agent: who they are (listed, or found in DNS), health checks,
+their load figures, and the leases that count each request on one.
 
-Routing picks the least-busy healthy upstream that serves the requested model. With affinity on,
-a conversation goes to the same upstream (its prefix cache already holds the earlier turns)
-unless that upstream is clearly busier than the others (bounded load).
+Which upstream takes a request is decided in one place, archon.agent.routing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
+from archon.agent.discovery import DnsTarget, Resolver, is_dns, system_resolver
+from archon.agent.routing import Router, Signals, parse_signals
 from archon.errors import ModelNotFoundError, ServiceUnavailableError
 
 log = logging.getLogger("archon.agent")
-
-# A conversation stays on its upstream until that one has this many more requests in flight
-# than the least busy one.
-AFFINITY_SLACK = 2
-# After a 503 (a full queue, a model still loading) an upstream goes last for this long.
-BUSY_BACKOFF = 1.0
 
 
 @dataclass
@@ -39,6 +34,9 @@ class Upstream:
     model_cards: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = "not checked yet"
     busy_until: float = 0.0  # answered 503 (overloaded): others go first until then (mark_busy)
+    signals: Signals | None = None  # its /metrics at the last health check (routing="signals")
+    found_by: str | None = None  # the dns+ entry it was resolved from; None: listed
+    on_release: Callable[[], None] | None = field(default=None, repr=False)
 
     def serves(self, model: str | None) -> bool:
         return model is None or self.models is None or model in self.models
@@ -50,6 +48,7 @@ class Upstream:
             "in_flight": self.in_flight,
             "models": list(self.models) if self.models is not None else None,
             "error": self.error,
+            **({"found_by": self.found_by} if self.found_by else {}),
         }
 
 
@@ -73,6 +72,8 @@ class Lease:
         if self._held:
             self._held = False
             self.upstream.in_flight -= 1
+            if self.upstream.on_release is not None:
+                self.upstream.on_release()  # a queued request may go now (admission)
 
     def detach(self) -> Lease:
         """Keep the lease past the ``with`` block; the new owner calls ``release()``."""
@@ -98,19 +99,29 @@ def _describe(exc: BaseException) -> str:
 class UpstreamPool:
     def __init__(
         self,
-        urls: list[str],
+        entries: list[str],
         *,
         health_interval: float,
         check_timeout: float,
         affinity: bool,
         headers: dict[str, str] | None = None,
+        router: Router | None = None,
+        resolver: Resolver = system_resolver,
     ):
-        self.upstreams = [Upstream(url, n) for n, url in enumerate(urls, start=1)]
+        """``entries``: base URLs, and ``dns+http(s)://name:port`` names (archon.agent.discovery)
+        whose addresses become upstreams on each health round."""
+        self.targets = [DnsTarget.parse(e) for e in entries if is_dns(e)]
+        self.upstreams = [Upstream(url, n) for n, url in enumerate(entries, start=1)]
+        self.upstreams = [up for up in self.upstreams if not is_dns(up.url)]
+        self._numbers = itertools.count(len(entries) + 1)
         self.health_interval = health_interval
         self.check_timeout = check_timeout
         self.affinity = affinity
+        self.router = router or Router("signals", affinity)
+        self.resolver = resolver
         self.headers = headers or {}
-        self._rotation = itertools.count()
+        self.on_change: Callable[[], None] | None = None  # after each round (admission)
+        self.on_release: Callable[[], None] | None = None  # given to every upstream's leases
         self._session: aiohttp.ClientSession | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._recheck: asyncio.Task[None] | None = None
@@ -137,7 +148,41 @@ class UpstreamPool:
                 log.exception("upstream health check round failed")
 
     async def check_all(self) -> None:
+        if self.targets:
+            await self.discover()
         await asyncio.gather(*(self.check(up) for up in self.upstreams))
+        if self.on_change is not None:
+            self.on_change()
+
+    async def discover(self) -> None:
+        """Resolve each dns+ entry again: new addresses join, vanished ones leave the pool."""
+        for target in self.targets:
+            try:
+                addresses = await asyncio.wait_for(
+                    self.resolver(target.host, target.port), self.check_timeout
+                )
+            except (OSError, TimeoutError) as exc:
+                log.warning(
+                    "could not resolve %s (%s); keeping its %d upstream(s)",
+                    target.entry,
+                    _describe(exc),
+                    sum(up.found_by == target.entry for up in self.upstreams),
+                )
+                continue
+            wanted = {target.url(a) for a in addresses}
+            mine = {up.url for up in self.upstreams if up.found_by == target.entry}
+            for up in [u for u in self.upstreams if u.found_by == target.entry]:
+                if up.url not in wanted:
+                    # Its open requests keep their lease on the object and end normally.
+                    log.info("upstream %s left %s", up.url, target.entry)
+                    self.upstreams.remove(up)
+            for url in sorted(wanted - mine):
+                if any(up.url == url for up in self.upstreams):
+                    continue  # also listed, or found by another entry
+                log.info("upstream %s found by %s", url, target.entry)
+                up = Upstream(url, next(self._numbers), found_by=target.entry)
+                up.error = "found, not checked yet"
+                self.upstreams.append(up)
 
     async def check(self, up: Upstream) -> None:
         assert self._session is not None
@@ -151,6 +196,8 @@ class UpstreamPool:
                     detail = (await resp.text())[:200].strip()
                     raise RuntimeError(f"/health answered {resp.status} {detail}")
             up.models, up.model_cards = await self._models(up, timeout)
+            if self.router.wants_signals:
+                up.signals = await self._signals(up, timeout)
             up.healthy, up.error = True, None
         except Exception as exc:
             up.healthy, up.error = False, _describe(exc)
@@ -175,13 +222,28 @@ class UpstreamPool:
         except (TimeoutError, aiohttp.ClientError, ValueError, AttributeError):
             return None, []
 
+    async def _signals(self, up: Upstream, timeout: aiohttp.ClientTimeout) -> Signals | None:
+        """The load figures of ``up``'s /metrics; None when it has none (or no /metrics)."""
+        assert self._session is not None
+        try:
+            async with self._session.get(
+                up.url + "/metrics", timeout=timeout, headers=self.headers
+            ) as resp:
+                if resp.status != 200:
+                    return None
+                text = await resp.text()
+            return parse_signals(text, up.in_flight, time.monotonic())
+        except (TimeoutError, aiohttp.ClientError, ValueError):
+            return None
+
     def lease(self, up: Upstream) -> Lease:
         """Count a request on ``up`` until the lease is released (see Lease)."""
+        up.on_release = self.on_release
         return Lease(up)
 
     def mark_busy(self, up: Upstream) -> None:
         """``up`` answered 503 (a full queue, a model still loading): others go first a while."""
-        up.busy_until = time.monotonic() + BUSY_BACKOFF
+        self.router.mark_busy(up)
 
     def mark_failed(self, up: Upstream, error: str) -> None:
         if up.healthy:
@@ -209,7 +271,9 @@ class UpstreamPool:
         names = {m for up in self.upstreams if up.healthy for m in (up.models or ())}
         return next(iter(names)) if len(names) == 1 else None
 
-    def candidates(self, model: str | None, conversation: str | None) -> list[Upstream]:
+    def candidates(
+        self, model: str | None, conversation: str | None, limit: int = 0
+    ) -> list[Upstream]:
         """Healthy upstreams serving ``model``, in the order to try them."""
         healthy = [up for up in self.upstreams if up.healthy]
         if not healthy:
@@ -222,29 +286,18 @@ class UpstreamPool:
                 + ", ".join(available),
                 param="model",
             )
-        # Least busy first; equal load rotates so idle upstreams share sequential traffic.
-        now = time.monotonic()
-        turn = next(self._rotation) % len(serving)
-        ordered = sorted(
-            serving[turn:] + serving[:turn], key=lambda up: (up.busy_until > now, up.in_flight)
-        )
-        if self.affinity and conversation and len(ordered) > 1:
-            preferred = max(serving, key=lambda up: _rendezvous(conversation, up.url))
-            if (
-                preferred.busy_until <= now
-                and preferred.in_flight <= ordered[0].in_flight + AFFINITY_SLACK
-            ):
-                ordered.remove(preferred)
-                ordered.insert(0, preferred)
-        return ordered
+        return self.router.order(serving, conversation, limit)
 
     def no_upstream_message(self) -> str:
-        details = "; ".join(f"{up.url}: {up.error}" for up in self.upstreams)
+        details = "; ".join(
+            [f"{up.url}: {up.error}" for up in self.upstreams]
+            + [
+                f"{t.entry}: no address found"
+                for t in self.targets
+                if not any(up.found_by == t.entry for up in self.upstreams)
+            ]
+        )
         return f"No healthy model server to answer ({details})"
 
     def status(self) -> list[dict[str, Any]]:
         return [up.status() for up in self.upstreams]
-
-
-def _rendezvous(key: str, url: str) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{key}|{url}".encode(), digest_size=8).digest())
