@@ -1,8 +1,9 @@
 """`archon up`: the model server, the knowledge base and the agent on one machine.
 
 Each part runs as its own `archon` process (as in Kubernetes), with its output in a log file;
-`up` waits until all of them are ready, prints where they are, and stops them all on Ctrl-C or
-when one of them dies.
+`up` waits until all of them are ready, prints where they are, and stops them all on Ctrl-C.
+A part that dies is started again after a backoff (``RESTART_DELAYS``) while the others go on
+(the agent answers degraded meanwhile); one that keeps dying stops everything (``supervise``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,15 @@ import yaml
 import archon
 
 STOP_ORDER = ("agent", "knowledge base", "model server")  # the front door closes first
+# Seconds before each restart of a part that died, in a row; one more death after the last of
+# them stops everything. A part that ran STABLE_AFTER seconds before dying starts a fresh row.
+RESTART_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0)
+STABLE_AFTER = 120.0
+MEANWHILE = {
+    "model server": "the agent answers 503 no_healthy_upstream meanwhile",
+    "knowledge base": "the agent answers without retrieval meanwhile",
+    "agent": "the API and the chat page are down meanwhile",
+}
 
 
 @dataclass
@@ -194,6 +204,62 @@ def wait_ready(
                 time.sleep(poll)
 
 
+@dataclass
+class _Watch:
+    started: float
+    failures: int = 0  # deaths in a row (reset by a stable run)
+    due: float | None = None  # when the restart is due
+    recovering: bool = False  # restarted, not ready yet
+
+
+def supervise(
+    parts: list[Part],
+    report: Callable[[str], None],
+    delays: tuple[float, ...] = RESTART_DELAYS,
+    stable_after: float = STABLE_AFTER,
+    poll: float = 0.5,
+    until: Callable[[], bool] = lambda: False,
+) -> None:
+    """Watch the running parts: restart one that dies after its backoff, say when it is back;
+    raise PartFailed when one dies again after ``len(delays)`` restarts in a row. Returns when
+    ``until()`` is true (tests); `up` itself leaves by Ctrl-C."""
+    now = time.monotonic()
+    watch = {part.name: _Watch(started=now) for part in parts}
+    with httpx.Client(timeout=5) as client:
+        while not until():
+            now = time.monotonic()
+            for part in parts:
+                w = watch[part.name]
+                if w.due is not None:
+                    if now >= w.due:
+                        w.due, w.started, w.recovering = None, now, True
+                        part.start()
+                        report(f"{part.name}: restarted ({w.failures} of {len(delays)} in a row)")
+                    continue
+                code = part.exited()
+                if code is not None:
+                    if now - w.started >= stable_after:
+                        w.failures = 0
+                    if w.failures >= len(delays):
+                        raise PartFailed(
+                            part,
+                            f"the {part.name} exited with status {code} again after "
+                            f"{w.failures} restarts in a row",
+                        )
+                    delay = delays[w.failures]
+                    w.failures += 1
+                    w.due = now + delay
+                    report(
+                        f"the {part.name} exited with status {code}; restarting it in {delay:g}s "
+                        f"({MEANWHILE.get(part.name, 'degraded meanwhile')}); last lines of "
+                        f"{part.log_path}:\n{part.log_tail(5)}"
+                    )
+                elif w.recovering and _ready(part, client)[0]:
+                    w.recovering = False
+                    report(f"{part.name} is back at {part.url}")
+            time.sleep(poll)
+
+
 def stop_all(parts: list[Part]) -> None:
     by_name = {p.name: p for p in parts}
     for name in STOP_ORDER:
@@ -221,7 +287,8 @@ def run(
     report: Callable[[str], None],
     banner: Callable[[list[Part]], None],
 ) -> int:
-    """Start everything, wait, serve until Ctrl-C (or SIGTERM) or a part dies; 0 on a clean stop."""
+    """Start everything, wait, serve until Ctrl-C (or SIGTERM), restarting a part that dies;
+    0 on a clean stop, 1 when a part failed to start or kept dying."""
     parts = plan(options)
     busy = busy_ports(options, parts)
     if busy:
@@ -239,12 +306,7 @@ def run(
         report(f"logs in {options.data_dir / 'logs'}")
         wait_ready(parts, options.ready_timeout, report)
         banner(parts)
-        while True:
-            for part in parts:
-                code = part.exited()
-                if code is not None:
-                    raise PartFailed(part, f"the {part.name} exited with status {code}")
-            time.sleep(0.5)
+        supervise(parts, report)
     except PartFailed as exc:
         report(f"error: {exc}; last lines of {exc.part.log_path}:\n{exc.part.log_tail()}")
         return 1
