@@ -41,6 +41,9 @@ from pathlib import Path
 from report import percentile, replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # tests.support: the one free_port and readiness wait
+from tests.support.servers import free_port, wait_until  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 LOGS = Path(tempfile.gettempdir())  # main() makes a fresh folder for servers' logs and configs
 LITELLM_VENV = ROOT / ".venv-litellm"
@@ -292,12 +295,6 @@ def serve_fake(kind: str, port: int) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _die_with_parent() -> None:
     """Runs in the child before exec: SIGTERM it if the benchmark dies, even by SIGKILL."""
     os.setsid()
@@ -346,19 +343,15 @@ class Processes:
 def wait_ready(name: str, url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
     import urllib.request
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log = LOGS / f"{name}.log"
-            raise RuntimeError(
-                f"{name} exited with {proc.returncode}; last log lines:\n"
-                + "\n".join(log.read_text(errors="replace").splitlines()[-20:])
-            )
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as response:
-            if response.status == 200:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"{name}: {url} not ready after {timeout:.0f}s")
+    def ready() -> bool:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+
+    def log_tail() -> str:
+        log = LOGS / f"{name}.log"
+        return "last log lines:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+
+    wait_until(ready, timeout=timeout, what=f"{name}: {url}", process=proc, log=log_tail, poll=0.2)
 
 
 def tree_cpu_seconds(pid: int) -> float:

@@ -24,7 +24,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,9 @@ import openai
 from report import percentile, replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # tests.support: the one free_port and readiness wait
+from tests.support.servers import free_port, wait_until  # noqa: E402
+
 TOPICS = [
     "Kubernetes readiness probes",
     "GPU memory fragmentation",
@@ -79,12 +81,6 @@ class LevelResult:
     ttft_p95_ms: float
     itl_p50_ms: float
     itl_mean_ms: float
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prompt(i: int) -> list[dict[str, str]]:
@@ -202,21 +198,14 @@ async def run_level(
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            health = httpx.get(url + "/health", timeout=2).status_code
-            # llama_cpp.server has no /health: there /v1/models answers once loaded.
-            if health == 200 or (
-                health == 404 and httpx.get(url + "/v1/models", timeout=2).status_code == 200
-            ):
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not ready")
+    def ready() -> bool:
+        health = httpx.get(url + "/health", timeout=2).status_code
+        # llama_cpp.server has no /health: there /v1/models answers once loaded.
+        return health == 200 or (
+            health == 404 and httpx.get(url + "/v1/models", timeout=2).status_code == 200
+        )
+
+    wait_until(ready, timeout=timeout, what=url, process=proc, poll=0.2)
 
 
 def bench_peer(

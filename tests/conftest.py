@@ -5,11 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.servers import Server, start_server
-
-MODEL = "smollm2-135m-instruct"
-SLOTS = 2
-MAX_REQUEST_BYTES = 64 * 1024
+from tests.support.servers import MAX_REQUEST_BYTES, MODEL, SLOTS, Server, start_server
 
 
 @pytest.fixture(scope="session")

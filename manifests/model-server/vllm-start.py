@@ -42,7 +42,7 @@ EXIT_NETWORK = 7
 EXIT_DISK = 8
 ATTEMPTS = 3
 
-# The files vLLM needs (the same patterns as archon.hub.MODEL_PATTERNS / EXCLUDE_PATTERNS).
+# The files vLLM needs (archon.modelserver.hub.MODEL_PATTERNS / EXCLUDE_PATTERNS, the same).
 MODEL_PATTERNS = (
     "*.json",
     "*.safetensors",
@@ -129,7 +129,7 @@ def report_preflight(path: Path) -> None:
     raise Failure(int(verdict["exit_code"]), str(verdict["message"]))
 
 
-# ---- hub refusals, named as archon.hub names them ----
+# ---- hub refusals, named as archon.modelserver.hub names them ----
 
 
 def _chain(exc: BaseException):

@@ -17,38 +17,13 @@ import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from archon.agent.generation import GenerationSettings, parse_generation
 from archon.agent.discovery import DnsTarget
+from archon.agent.generation import GenerationSettings, parse_generation
 from archon.errors import ConfigError
+from archon.modelserver import quantization
 
 # vLLM's --quantization choices that a vllm-config ConfigMap may name; "none" means no flag.
-QUANTIZATION_METHODS = frozenset(
-    {
-        "none",
-        "awq",
-        "awq_marlin",
-        "gptq",
-        "gptq_marlin",
-        "gptq_marlin_24",
-        "marlin",
-        "fp8",
-        "fbgemm_fp8",
-        "modelopt",
-        "bitsandbytes",
-        "gguf",
-        "compressed-tensors",
-        "experts_int8",
-        "deepspeedfp",
-        "tpu_int8",
-        "aqlm",
-        "hqq",
-        "ipex",
-        "moe_wna16",
-        "mxfp4",
-        "torchao",
-        "quark",
-    }
-)
+QUANTIZATION_METHODS = frozenset(quantization.METHODS)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 

@@ -15,9 +15,8 @@ import openai
 import pytest
 
 from archon.agent.auth import hash_key
-from tests.conftest import MODEL
 from tests.support.fake_upstream import FAKE_MODEL, FakeUpstream
-from tests.support.servers import Server, start_server
+from tests.support.servers import MODEL, Server, start_server
 from tests.support.stack import (
     querying_docs_sources,
     start_agent,

@@ -18,10 +18,9 @@ import pytest
 import yaml
 
 from archon.agent.auth import hash_key
-from tests.conftest import MODEL
 from tests.support.fake_upstream import FAKE_MODEL, FakeUpstream
 from tests.support.redis import RedisServer, start_redis
-from tests.support.servers import Server, run_cli
+from tests.support.servers import MODEL, Server, run_cli
 from tests.support.stack import start_agent, wait_agent_ready, wait_for
 
 pytestmark = pytest.mark.slow

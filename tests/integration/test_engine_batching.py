@@ -99,16 +99,3 @@ def test_reused_prefix_gives_the_same_output_as_a_cold_slot(
     finally:
         cold_engine.close()
     assert warm == cold
-
-
-def test_stop_string_split_across_tokens() -> None:
-    from archon.modelserver.engines.llamacpp import _Sequence
-
-    seq = _Sequence(request=GenerationRequest("s", [1], greedy(10)), sink=lambda _: None, arrived=0)
-    stops = ("</answer>",)
-    seq.held = "The answer </ans"
-    text, finish = LlamaCppEngine._split_stop(seq, stops)
-    assert (text, finish, seq.held) == ("The answer ", None, "</ans")
-    seq.held += "wer> trailing"
-    text, finish = LlamaCppEngine._split_stop(seq, stops)
-    assert (text, finish) == ("", "stop")

@@ -1,4 +1,5 @@
-"""The GPU path without a GPU: sizing, model pull, preflight and the vLLM command line."""
+"""The GPU path without a GPU: config check, model pull, preflight and the vLLM command line
+(the sizing arithmetic itself: tests/unit/test_sizing.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from archon.errors import DiskFullError, GPUCountError
-from archon.modelserver import sizing
+from archon.errors import DiskFullError
 from tests.support import fake_hub
 from tests.support.servers import free_port, run_cli
 
@@ -52,13 +52,7 @@ def configmap(tmp_path: Path, **data: str) -> Path:
     return path
 
 
-# ---- sizing on real model configs ----
-
-
-def test_parameter_counts_match_the_published_sizes(hub) -> None:
-    assert sizing.load_facts(QWEN14).parameters / 1e9 == pytest.approx(14.77, abs=0.05)
-    assert sizing.load_facts(LLAMA8).parameters / 1e9 == pytest.approx(8.03, abs=0.02)
-    assert sizing.load_facts(QWEN7_GPTQ).parameters / 1e9 == pytest.approx(7.62, abs=0.05)
+# ---- config check on real model configs ----
 
 
 @pytest.mark.parametrize(
@@ -97,40 +91,6 @@ def test_config_check_on_real_models(
         assert "does not fit" in result.stdout
         assert "quantized variant" in result.stdout
         assert "spread it over 4 GPUs" in result.stdout
-
-
-def test_long_context_says_the_largest_max_model_len_that_fits(hub) -> None:
-    facts = sizing.load_facts(LLAMA8)
-    assert facts.weight_bytes_exact == 16060522496  # from the safetensors index
-    report = sizing.estimate(facts, gpu_memory=24 * sizing.GiB, utilization=0.9, max_model_len=None)
-    assert report.max_model_len == 131072  # the model's own context when unset
-    assert not report.fits
-    advice = " ".join(report.advice)
-    fit = int(re.search(r"lower max_model_len to (\d+)", advice)[1])
-    assert 30_000 < fit < 60_000
-    assert sizing.estimate(
-        facts, gpu_memory=24 * sizing.GiB, utilization=0.9, max_model_len=fit
-    ).fits
-    assert not sizing.estimate(
-        facts, gpu_memory=24 * sizing.GiB, utilization=0.9, max_model_len=fit + 1024
-    ).fits
-
-
-def test_gptq_weights_are_about_a_third_of_bf16(hub) -> None:
-    bf16 = sizing.weight_bytes(sizing.load_facts(QWEN14), "none")
-    int4 = sizing.weight_bytes(sizing.load_facts(QWEN14_GPTQ), "none")
-    assert bf16 / sizing.GiB == pytest.approx(27.5, abs=0.3)
-    assert int4 / sizing.GiB == pytest.approx(9.3, abs=0.3)
-
-
-def test_tensor_parallel_splits_weights(hub) -> None:
-    facts = sizing.load_facts(QWEN14)
-    one = sizing.estimate(facts, gpu_memory=16 * sizing.GiB, utilization=0.9, max_model_len=8192)
-    four = sizing.estimate(
-        facts, gpu_memory=16 * sizing.GiB, utilization=0.9, max_model_len=8192, tensor_parallel=4
-    )
-    assert not one.fits and four.fits
-    assert four.weights == pytest.approx(one.weights / 4, rel=0.01)
 
 
 def test_config_check_without_gpu_or_flag_says_what_to_pass(tmp_path: Path, hub) -> None:
@@ -239,7 +199,7 @@ def test_model_pull_refuses_when_the_disk_is_too_small(
         usage = real(path)
         return type(usage)(usage.total, usage.total - 1_000_000, 1_000_000)
 
-    monkeypatch.setattr("archon.hub.shutil.disk_usage", tiny)
+    monkeypatch.setattr("archon.modelserver.hub.shutil.disk_usage", tiny)
     with pytest.raises(DiskFullError) as info:
         models.pull("acme/tiny-llm")
     assert info.value.exit_code == 8
@@ -359,21 +319,6 @@ def test_preflight_passes_and_writes_vllm_config(tmp_path: Path, hub) -> None:
         "tensor-parallel-size": "1",
         "max-model-len": "8192",
     }
-
-
-def test_tensor_parallel_larger_than_gpus_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    from archon.modelserver import launch
-    from archon.settings import ModelServerSettings
-
-    monkeypatch.setattr(
-        sizing,
-        "detect_gpus",
-        lambda: sizing.GPUInfo(count=1, memory=80 * sizing.GiB, source="NVML"),
-    )
-    with pytest.raises(GPUCountError) as info:
-        launch.preflight(ModelServerSettings(engine="vllm", tensor_parallel_size=2), None)
-    assert info.value.exit_code == 6
-    assert "tensor_parallel_size 2" in str(info.value)
 
 
 def test_missing_vllm_is_exit_9(tmp_path: Path) -> None:

@@ -22,8 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import MODEL
-from tests.support.servers import Server, free_port, start_server
+from tests.support.servers import MODEL, Server, free_port, start_server
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "List the parts of a Kubernetes cluster, then list them again, and again:"

@@ -20,14 +20,14 @@ import pytest
 import yaml
 
 from tests.integration.test_manifests import kustomize, validate
-from tests.support.servers import Server, free_port, run_cli, start_server
+from tests.support.servers import MODEL, Server, free_port, run_cli, start_server, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "manifests/monitoring/prometheusrule.yaml"
 DASHBOARD = ROOT / "manifests/monitoring/dashboards/archon-model-server.json"
 PROMTOOL_TESTS = ROOT / "tests/data/promtool/alerts_test.yaml"
 EXPORTERS = ROOT / "tests/data/exporters"
-MODEL = "smollm2-135m-instruct"
+
 
 pytestmark = pytest.mark.skipif(
     shutil.which("promtool") is None or shutil.which("prometheus") is None,
@@ -189,25 +189,32 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Pr
     try:
         server.wait_ready()
         prometheus = Prometheus(f"http://127.0.0.1:{prom_port}")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        prom_log = (tmp / "prometheus.log").read_text
+        wait_until(
+            lambda: httpx.get(f"{prometheus.url}/-/ready", timeout=2).status_code == 200,
+            timeout=60,
+            what="prometheus ready",
+            process=prom,
+            log=prom_log,
+            poll=0.2,
+        )
+
+        def both_targets_up() -> bool:
             try:
-                if httpx.get(f"{prometheus.url}/-/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+                return len(prometheus.query("up == 1")) == 2
+            except AssertionError:  # a query Prometheus refused (still starting)
+                return False
+
         # Both targets scraped at least once before any traffic: the counters' increase must
         # fall inside Prometheus' window for rates and quantiles to have data.
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                up = prometheus.query("up == 1")
-            except (httpx.HTTPError, AssertionError):
-                up = []
-            if len(up) == 2:
-                break
-            time.sleep(0.3)
+        wait_until(
+            both_targets_up,
+            timeout=60,
+            what="both targets scraped",
+            process=prom,
+            log=prom_log,
+            poll=0.3,
+        )
         # Traffic spread over several scrapes, so rates and quantiles have data.
         for i in range(6):
             httpx.post(
@@ -221,12 +228,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Pr
                 timeout=60,
             )
             time.sleep(0.6)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+
+        def six_requests_scraped() -> bool:
             result = prometheus.query("vllm:e2e_request_latency_seconds_count")
-            if result and float(result[0]["value"][1]) >= 6:
-                break
-            time.sleep(0.5)
+            return bool(result) and float(result[0]["value"][1]) >= 6
+
+        wait_until(
+            six_requests_scraped,
+            timeout=30,
+            what="the six requests scraped",
+            process=prom,
+            log=prom_log,
+            poll=0.5,
+        )
         time.sleep(2)  # a few more scrapes after the last request
         yield server, prometheus
     finally:

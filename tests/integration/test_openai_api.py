@@ -13,8 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MAX_REQUEST_BYTES, MODEL, SLOTS
-from tests.support.servers import Server
+from tests.support.servers import MAX_REQUEST_BYTES, MODEL, SLOTS, Server
 
 
 @pytest.fixture

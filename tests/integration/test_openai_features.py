@@ -12,8 +12,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from tests.conftest import MODEL
-from tests.support.servers import Server
+from tests.support.servers import MODEL, Server
 
 REPEAT = "the cat the cat the cat the cat the cat the cat"
 WEATHER_TOOL = {

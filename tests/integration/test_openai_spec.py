@@ -56,8 +56,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from tests.conftest import MODEL
-from tests.support.servers import Server, start_server
+from tests.support.servers import MODEL, Server, start_server
 from tests.support.stack import querying_docs_sources, start_agent, start_kb, wait_agent_ready
 
 SPEC_PATH = Path(__file__).resolve().parents[3] / "shared" / "reference" / "openai-openapi.json"

@@ -1,4 +1,7 @@
-"""Start real ``archon serve`` processes on free ports and wait for them."""
+"""Start real ``archon serve`` processes on free ports and wait for them.
+
+``free_port`` and ``wait_until`` are the one copy of each for tests/ and benchmarks/.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +10,49 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 ARCHON = [sys.executable, "-m", "archon.cli"]
+# The bundled model every test server serves, and the shared server's settings (conftest.py).
+MODEL = "smollm2-135m-instruct"
+SLOTS = 2
+MAX_REQUEST_BYTES = 64 * 1024
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_until(
+    check: Callable[[], bool],
+    *,
+    timeout: float,
+    what: str,
+    process: subprocess.Popen | None = None,
+    log: Callable[[], str] = str,
+    poll: float = 0.1,
+) -> None:
+    """Return once ``check()`` is true; raise when ``process`` exits first (RuntimeError) or the
+    deadline passes (TimeoutError), with ``log()`` in the message. A check that raises
+    httpx.HTTPError or OSError (not listening yet) counts as not yet."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what}: the process exited {process.returncode}:\n{log()}")
+        try:
+            if check():
+                return
+        except (httpx.HTTPError, OSError):
+            pass
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what}: not within {timeout:g}s:\n{log()}")
+        time.sleep(poll)
 
 
 def port_open(port: int) -> bool:
@@ -41,27 +75,25 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
     def wait_listening(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited {self.process.returncode}:\n{self.log()}")
-            if port_open(self.port):
-                return
-            time.sleep(0.05)
-        raise TimeoutError(f"server did not listen in {timeout}s:\n{self.log()}")
+        self.wait_for(lambda: port_open(self.port), timeout, "listening", poll=0.05)
 
     def wait_ready(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited {self.process.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"server not ready in {timeout}s:\n{self.log()}")
+        self.wait_for(
+            lambda: httpx.get(f"{self.url}/health", timeout=2).status_code == 200, timeout
+        )
+
+    def wait_for(
+        self, check: Callable[[], bool], timeout: float, what: str = "ready", poll: float = 0.1
+    ) -> None:
+        """Until ``check()``; loudly, with this server's log, when it exits or times out."""
+        wait_until(
+            check,
+            timeout=timeout,
+            what=f"{self.url} {what}",
+            process=self.process,
+            log=self.log,
+            poll=poll,
+        )
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -27,18 +27,10 @@ def _spawn(tmp: Path, name: str, args: list[str], env: dict[str, str], port: int
     return Server(process, port, log_path)
 
 
-def wait_for(server: Server, check, timeout: float = 300.0, what: str = "ready") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"exited {server.process.returncode}:\n{server.log()}")
-        try:
-            if check(server.url):
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"not {what} in {timeout}s:\n{server.log()}")
+def wait_for(
+    server: Server, check: Callable[[str], bool], timeout: float = 300.0, what: str = "ready"
+) -> None:
+    server.wait_for(lambda: check(server.url), timeout, what, poll=0.2)
 
 
 def querying_docs_sources(tmp: Path) -> Path:

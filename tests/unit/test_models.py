@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from archon.errors import ConfigError
-from archon.hub import Progress, format_progress
+from archon.modelserver.hub import Progress, format_progress
 from archon.modelserver.models import resolve
 
 

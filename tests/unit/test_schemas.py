@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from archon.errors import InvalidRequestError
-from archon.openai.schemas import ChatCompletionRequest, CompletionRequest
+from archon.modelserver.schemas import ChatCompletionRequest, CompletionRequest
 
 MSG = [{"role": "user", "content": "hi"}]
 

@@ -16,11 +16,10 @@ from archon.http import BodyLimitMiddleware, parse_json_body, run_unless_client_
 from archon.modelserver import models, tokenization
 from archon.modelserver.metrics import ModelServerMetrics
 from archon.modelserver.runtime import EngineFactory, ModelRuntime, llamacpp_factory
+from archon.modelserver.schemas import ChatCompletionRequest, CompletionRequest
 from archon.modelserver.serving import CompletionService, Prepared
-from archon.openai.schemas import ChatCompletionRequest, CompletionRequest
+from archon.openai.sse import SSE_HEADERS
 from archon.settings import ModelServerSettings
-
-SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 def create_app(

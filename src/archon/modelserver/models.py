@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from archon import hub
 from archon.errors import ModelReferenceError
+from archon.modelserver import hub
 
 log = logging.getLogger("archon.models")
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from archon.errors import ConfigError, ModelLoadError, ServiceUnavailableError
-from archon.hub import Progress
 from archon.modelserver.engines.base import Engine, EngineDead, EngineStats
+from archon.modelserver.hub import Progress
 from archon.modelserver.models import ResolvedModel
 from archon.settings import ModelServerSettings
 

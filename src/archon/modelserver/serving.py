@@ -26,8 +26,8 @@ from archon.modelserver.engines.base import (
 from archon.modelserver.logprobs import LogprobFormatter
 from archon.modelserver.metrics import ModelServerMetrics
 from archon.modelserver.runtime import ModelRuntime
+from archon.modelserver.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
 from archon.modelserver.structured_output import ANY_JSON_OBJECT, grammar_for_schema
-from archon.openai.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
 from archon.openai.sse import DONE, sse_event
 
 log = logging.getLogger("archon.modelserver")

@@ -19,26 +19,15 @@ from typing import Any
 
 import httpx
 
-from archon import hub
 from archon.errors import ConfigError, ModelReferenceError, NetworkError
-from archon.modelserver import models
+from archon.modelserver import hub, models
+from archon.modelserver.quantization import weight_storage
 from archon.settings import parse_bytes
 
 log = logging.getLogger("archon.sizing")
 
 GiB = 2**30
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "fp8": 1}
-# Quantization methods whose weights are stored as low-bit integers with per-group scales.
-INT_QUANT = {
-    "gptq",
-    "gptq_marlin",
-    "gptq_marlin_24",
-    "awq",
-    "awq_marlin",
-    "marlin",
-    "moe_wna16",
-    "compressed-tensors",
-}
 FIXED_OVERHEAD = int(0.75 * GiB)  # CUDA graphs, NCCL buffers, allocator fragmentation
 BATCHED_TOKENS = 2048  # vLLM's profiling batch (max_num_batched_tokens)
 MAX_NUM_SEQS = 256  # vLLM's default; the sampler holds logits for this many sequences
@@ -119,12 +108,13 @@ def weight_bytes(facts: ModelFacts, quantization: str) -> int:
     if facts.weight_bytes_exact and method == (facts.quant_method or "none"):
         return facts.weight_bytes_exact
     other = (facts.parameters - facts.linear_params) * base
-    if method in INT_QUANT or method == "bitsandbytes":
+    kind = weight_storage(method)
+    if kind == "int":
         bits = facts.bits if facts.bits < 16 else 4
         # Packed weights plus an fp16 scale and a packed zero point per group.
         per_weight_bits = bits + (16 + bits) / facts.group_size
         return int(facts.linear_params * per_weight_bits / 8) + other
-    if method in ("fp8", "fbgemm_fp8", "modelopt", "mxfp4"):
+    if kind == "fp8":
         return facts.linear_params + other
     return facts.parameters * base
 

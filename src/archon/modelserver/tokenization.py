@@ -9,8 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from archon.errors import InvalidRequestError, ModelNotFoundError
 from archon.modelserver.engines.base import Engine
+from archon.modelserver.schemas import ChatMessage
 from archon.modelserver.tool_calls import render_messages
-from archon.openai.schemas import ChatMessage
 
 
 class TokenizeRequest(BaseModel):

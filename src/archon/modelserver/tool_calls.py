@@ -19,8 +19,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from archon.modelserver.schemas import ChatCompletionRequest, ChatMessage, NamedToolChoice
 from archon.modelserver.structured_output import grammar_for_schema
-from archon.openai.schemas import ChatCompletionRequest, ChatMessage, NamedToolChoice
 
 _INSTRUCTIONS = (
     "You can call the following tools. Each is given with a JSON schema of its arguments.\n"

@@ -6,6 +6,9 @@ import json
 from typing import Any
 
 DONE = b"data: [DONE]\n\n"
+# No caching, and no buffering by a proxy in front (nginx honours x-accel-buffering), so each
+# event reaches the client when it is written.
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 def sse_event(payload: dict[str, Any]) -> bytes:

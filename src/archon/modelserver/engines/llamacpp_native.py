@@ -1,0 +1,147 @@
+"""The llama.cpp objects one engine owns: model, context, batch and vocabulary, with the text
+side that needs only them (chat template, tokenize, detokenize).
+
+``llama_cpp`` is imported here, when a model is loaded, never at module import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from archon.errors import InvalidRequestError, ModelLoadError
+from archon.modelserver.chat_template import ChatTemplate
+from archon.modelserver.engines.llamacpp_sampling import Vocabulary
+
+
+@dataclass
+class NativeModel:
+    ll: Any  # the llama_cpp module
+    model: Any
+    vocab: Any
+    n_vocab: int
+    ctx: Any
+    mem: Any
+    batch: Any
+    max_model_len: int  # per sequence, as the context gave it
+    vocabulary: Vocabulary
+    template: ChatTemplate | None
+    bos: int
+
+    def apply_chat_template(
+        self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True
+    ) -> str:
+        if self.template is None:
+            raise InvalidRequestError(
+                "This model has no chat template; use /v1/completions with a plain prompt",
+                param="messages",
+            )
+        return self.template.render(messages, add_generation_prompt=add_generation_prompt)
+
+    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        buf = (self.ll.llama_token * capacity)()
+        n = self.ll.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, True)
+        if n < 0:
+            capacity = -n
+            buf = (self.ll.llama_token * capacity)()
+            n = self.ll.llama_tokenize(
+                self.vocab, data, len(data), buf, capacity, add_special, True
+            )
+        tokens = list(buf[:n])
+        # Chat templates often write the BOS token themselves; do not feed it twice.
+        if len(tokens) >= 2 and tokens[0] == tokens[1] == self.bos:
+            tokens = tokens[1:]
+        return tokens
+
+    def token_bytes(self, token: int) -> bytes:
+        """A token's bytes, special tokens included; safe from any thread."""
+        return self.vocabulary.token_bytes(token, special=True, any_thread=True)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", "replace")
+
+    def free(self) -> None:
+        self.ll.llama_batch_free(self.batch)
+        self.ll.llama_free(self.ctx)
+        self.ll.llama_model_free(self.model)
+
+
+def load(
+    model_path: Path, *, max_model_len: int | None, slots: int, threads: int, batch_size: int
+) -> NativeModel:
+    """Load a GGUF on the CPU with a context of ``slots`` sequences of ``max_model_len`` tokens;
+    a ModelLoadError names the setting to change when llama.cpp refuses."""
+    import llama_cpp
+    import llama_cpp._logger as llama_logger
+
+    llama_logger.set_verbose(False)
+    llama_cpp.llama_backend_init()
+
+    model_params = llama_cpp.llama_model_default_params()
+    model_params.n_gpu_layers = 0
+    model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), model_params)
+    if not model:
+        raise ModelLoadError(f"llm_model: llama.cpp could not load {model_path}")
+    vocab = llama_cpp.llama_model_get_vocab(model)
+    n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+    train_ctx = llama_cpp.llama_model_n_ctx_train(model)
+    if max_model_len is None:
+        max_model_len = min(train_ctx, 4096)
+    elif max_model_len > train_ctx:
+        llama_cpp.llama_model_free(model)
+        raise ModelLoadError(
+            f"max_model_len {max_model_len} is larger than the model's context length "
+            f"{train_ctx}; lower max_model_len"
+        )
+    max_parallel = llama_cpp.llama_max_parallel_sequences()
+    if slots > max_parallel:
+        llama_cpp.llama_model_free(model)
+        raise ModelLoadError(f"parallel {slots} is above llama.cpp's limit of {max_parallel}")
+
+    ctx_params = llama_cpp.llama_context_default_params()
+    ctx_params.n_ctx = max_model_len * slots
+    ctx_params.n_batch = batch_size
+    ctx_params.n_ubatch = min(batch_size, 512)
+    ctx_params.n_seq_max = slots
+    ctx_params.n_threads = threads
+    ctx_params.n_threads_batch = threads
+    # One KV stream per sequence: attention cost does not grow with the other slots.
+    ctx_params.kv_unified = False
+    ctx = llama_cpp.llama_init_from_model(model, ctx_params)
+    if not ctx:
+        llama_cpp.llama_model_free(model)
+        raise ModelLoadError(
+            f"llama.cpp could not create a context of {max_model_len} x {slots} tokens; "
+            "lower max_model_len or parallel"
+        )
+    vocabulary = Vocabulary(llama_cpp, vocab, n_vocab)
+
+    def token_text(token: int) -> str:
+        return vocabulary.token_bytes(token, special=True).decode("utf-8", "replace")
+
+    template_src = llama_cpp.llama_model_chat_template(model, None)
+    template = (
+        ChatTemplate(
+            template_src.decode("utf-8", "replace"),
+            bos_token=token_text(llama_cpp.llama_vocab_bos(vocab)),
+            eos_token=token_text(llama_cpp.llama_vocab_eos(vocab)),
+        )
+        if template_src
+        else None
+    )
+    return NativeModel(
+        ll=llama_cpp,
+        model=model,
+        vocab=vocab,
+        n_vocab=n_vocab,
+        ctx=ctx,
+        mem=llama_cpp.llama_get_memory(ctx),
+        batch=llama_cpp.llama_batch_init(batch_size, 0, 1),
+        max_model_len=min(max_model_len, llama_cpp.llama_n_ctx_seq(ctx)),
+        vocabulary=vocabulary,
+        template=template,
+        bos=llama_cpp.llama_vocab_bos(vocab),
+    )
