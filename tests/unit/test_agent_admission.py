@@ -168,6 +168,19 @@ def test_a_client_that_leaves_gives_up_its_place_and_its_slot() -> None:
         (await after).release()
         assert pool.upstreams[0].in_flight == 0
         assert admission._granted == 0
+        # Cancelled, and a slot frees before its task ran: the release must not trip over it.
+        held = await go(pool, admission, "interactive", log)
+        leaving = asyncio.create_task(go(pool, admission, "interactive", log))
+        shed = asyncio.create_task(go(pool, admission, "batch", log))
+        await settle()
+        leaving.cancel()
+        shed.cancel()
+        held.release()  # dispatch meets the cancelled waiters (InvalidStateError before)
+        await settle()
+        assert leaving.cancelled() and shed.cancelled()
+        assert admission.depth() == {"interactive": 0, "batch": 0}
+        assert admission._granted == 0
+        (await go(pool, admission, "batch", log)).release()
 
     run(scenario)
 

@@ -173,10 +173,11 @@ class Admission:
         """Refuse the newest waiting request of the lowest class below ``rank``, if any."""
         for cls in reversed(CLASSES[rank + 1 :]):
             queue = self.queues[cls]
-            if queue:
+            while queue:
                 victim = queue.pop()
-                victim.future.set_result(False)
-                return True
+                if not victim.future.done():  # not one cancelled a moment ago
+                    victim.future.set_result(False)
+                    return True
         return False
 
     def dispatch(self) -> None:
@@ -190,6 +191,8 @@ class Admission:
             kept: deque[_Waiter] = deque()
             while queue:
                 waiter = queue.popleft()
+                if waiter.future.done():
+                    continue  # cancelled (a client left, a deadline): its task removes nothing
                 if waiter.model not in full:
                     free = self.free(waiter.model)
                     if free is None or free > 0:

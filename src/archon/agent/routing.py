@@ -131,6 +131,8 @@ class Router:
     ) -> list[Upstream]:
         """``serving`` (healthy, serving the model) in the order to try them; with a ``limit``
         (upstream_concurrency), those with that many requests open go after the others."""
+        if len(serving) == 1:
+            return list(serving)  # nothing to choose: the hot path of a one-server setup
         ordered = self._order(serving, conversation)
         if limit:
             ordered.sort(key=lambda up: up.in_flight >= limit)
