@@ -176,3 +176,86 @@ def _print_usage(url: str, report: dict[str, Any]) -> None:
                     )
         table.add_section()
     console.print(table)
+
+
+@agent_app.command("eval")
+def agent_eval(
+    answers: Annotated[
+        Path,
+        typer.Argument(
+            help="JSON lines: question, facts (each a list of alternatives), cite (source:path "
+            "files), answerable, split; see benchmarks/data/answers.jsonl."
+        ),
+    ],
+    split: Annotated[
+        str | None, typer.Option(help="Only the questions of this split (tune or test).")
+    ] = None,
+    url: Annotated[
+        str, typer.Option("--agent", help="The running agent's base URL.")
+    ] = "http://127.0.0.1:8080",
+    api_key: Annotated[
+        str | None, typer.Option(envvar="ARCHON_API_KEY", help="A key, if the agent has keys.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="The 'model' to ask for.")] = None,
+    fields: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="A request field NAME=VALUE (VALUE as JSON), e.g. --set temperature=0.5; "
+            "repeatable. The agent's generation defaults fill in the rest.",
+        ),
+    ] = None,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Also write the scores and answers here.")
+    ] = None,
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Questions asked at once (quicker; the times then include sharing the server).",
+        ),
+    ] = 1,
+    quiet: Annotated[bool, typer.Option(help="No line per question on stderr.")] = False,
+) -> None:
+    """Ask each judged question through the agent, one at a time; print fact recall, citation
+    precision, refusals, answer length and time per split."""
+    import json
+
+    from archon.agent.answer_eval import Answer, as_json, load_answers, report, run, summarise
+
+    params: dict[str, Any] = {}
+    for item in fields or []:
+        name, sep, raw = item.partition("=")
+        if not sep or not name.strip():
+            fail(f"--set {item!r}: expected NAME=VALUE, for example temperature=0.2")
+        try:
+            params[name.strip()] = json.loads(raw)
+        except ValueError:
+            params[name.strip()] = raw  # a bare string
+    questions = load_answers(answers, split)
+
+    def progress(a: Answer) -> None:
+        if quiet:
+            return
+        fact = "fact" if a.essential else ("refused" if a.refused else "no-fact")
+        cite = {True: "cites-relevant", False: "cites-other", None: "cites-nothing"}
+        line = f"{a.id} {fact} {cite[a.cites_relevant]} {a.completion_tokens} tokens"
+        line += f" {a.seconds:.1f}s" + (f" error: {a.error}" if a.error else "")
+        typer.echo(line, err=True)
+
+    found = run(
+        url,
+        questions,
+        api_key=api_key,
+        model=model,
+        params=params,
+        concurrency=concurrency,
+        progress=progress,
+    )
+    if all(a.error for a in found):
+        fail(f"no question got an answer from {url}: {found[0].error}", 1)
+    scores = summarise(found, questions)
+    typer.echo(report(scores))
+    if json_file is not None:
+        json_file.write_text(json.dumps(as_json(found, scores), indent=1))
