@@ -5,18 +5,24 @@
 #   docker build -t ghcr.io/archon-platform/archon:0.1.0 .
 #   make image      # the same with podman, on a Debian bookworm base made locally (mmdebstrap)
 #
+# EXTRAS: the parts installed (pyproject.toml's extras), all of them by default. One part alone:
+#   docker build --build-arg EXTRAS=agent -t archon-agent .        # no torch, llama.cpp, Qdrant
+#   make image-agent  (or image-modelserver, image-kb)              # the same with podman
+#
 # BASE: any Debian bookworm image with Python 3.11 (python3, python3-venv). The default is the
 # public one; `make image` passes a local one, so no image registry is needed.
 # checkov:skip=CKV_DOCKER_7:FROM ${BASE} is the pinned python:3.11-slim-bookworm unless a local base is passed
 ARG BASE=python:3.11-slim-bookworm
 
 FROM ${BASE} AS build
+ARG EXTRAS=all
 WORKDIR /src
 # wheels/: wheels pip takes before the index (`make image` fills it from the host's pip cache,
 # so llama-cpp-python is not compiled again). Without a llama-cpp-python wheel there, the
 # compiler is installed and llama.cpp is built here (about 8 minutes on 2 cores).
 COPY wheels/ /wheels/
-RUN if ! ls /wheels/llama_cpp_python-*.whl >/dev/null 2>&1; then \
+RUN case ",$EXTRAS," in *,all,*|*,modelserver,*) needs_llama=1;; *) needs_llama=;; esac; \
+    if [ -n "$needs_llama" ] && ! ls /wheels/llama_cpp_python-*.whl >/dev/null 2>&1; then \
       apt-get update \
       && apt-get install -y --no-install-recommends build-essential cmake git \
       && rm -rf /var/lib/apt/lists/*; \
@@ -30,7 +36,7 @@ ENV CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=4
 ARG PIP_NO_INDEX=
 RUN python3 -m venv /opt/archon \
  && if [ -z "$PIP_NO_INDEX" ]; then /opt/archon/bin/pip install --no-cache-dir --upgrade pip; fi \
- && /opt/archon/bin/pip install --no-cache-dir ${PIP_NO_INDEX:+--no-index} --find-links /wheels .
+ && /opt/archon/bin/pip install --no-cache-dir ${PIP_NO_INDEX:+--no-index} --find-links /wheels ".[$EXTRAS]"
 
 FROM ${BASE}
 RUN apt-get update \

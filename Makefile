@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 HOST ?= 127.0.0.1
 
 .PHONY: install run test lint bench bench-agent clean vllm-venv checkov-venv litellm-venv test-vllm \
-        test-spec-long llama-server image
+        test-spec-long llama-server image image-agent image-modelserver image-kb
 
 $(STAMP): pyproject.toml scripts/install-system-deps.sh
 	bash scripts/install-system-deps.sh
@@ -23,9 +23,11 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/archon up --host $(HOST)
 
-## Lint, then the whole test suite (real servers, real inference, real vLLM on the CPU).
+## Lint and type-check (mypy: [tool.mypy] in pyproject.toml), then the whole test suite (real
+## servers, real inference, real vLLM on the CPU).
 test: $(STAMP) vllm-venv checkov-venv llama-server
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 ## llama.cpp's llama-server from the pinned llama-cpp-python sdist (~9 min once, then cached):
@@ -51,6 +53,11 @@ image: $(STAMP)
 	bash scripts/build-image.sh
 	$(BIN)/python -m pytest -q tests/integration/test_image.py
 
+## One part alone (pyproject.toml's extras: the agent's image has no torch, llama.cpp or Qdrant),
+## tagged ghcr.io/archon-platform/archon-<part>:0.1.0. Built only: test_image.py runs the full image.
+image-agent image-modelserver image-kb: image-%: $(STAMP)
+	EXTRAS=$* bash scripts/build-image.sh ghcr.io/archon-platform/archon-$*:0.1.0
+
 ## The OpenAI-spec property test with more examples (default 500 per endpoint, ~40 min on 2
 ## cores); writes its result to docs/benchmarks.md ("OpenAI spec conformance").
 test-spec-long: $(STAMP)
@@ -60,6 +67,7 @@ test-spec-long: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
 
 ## Benchmark against llama.cpp's llama-server and llama-cpp-python's server (builds the former), then the agent.
 bench: $(STAMP)
@@ -75,4 +83,4 @@ litellm-venv:
 	PYTHON=$(PYTHON) bash scripts/setup-litellm-venv.sh .venv-litellm
 
 clean:
-	rm -rf $(VENV) .venv-vllm .venv-checkov .venv-litellm .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-vllm .venv-checkov .venv-litellm .pytest_cache .ruff_cache .mypy_cache

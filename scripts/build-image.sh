@@ -8,7 +8,9 @@
 #      to the host only, would fail it);
 #   3. `podman build --build-arg BASE=<that base>`.
 # Usage: scripts/build-image.sh [IMAGE]   (default ghcr.io/archon-platform/archon:0.1.0)
-# Env: ENGINE=podman|buildah, MIRROR (default http://deb.debian.org/debian), PYTHON (.venv/bin/python).
+# Env: ENGINE=podman|buildah, MIRROR (default http://deb.debian.org/debian), PYTHON (.venv/bin/python),
+#      EXTRAS: the parts to install (pyproject.toml's extras: modelserver, kb, agent, ops; default
+#      all), e.g. EXTRAS=agent for an agent image without torch, llama.cpp or Qdrant.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +18,7 @@ IMAGE=${1:-ghcr.io/archon-platform/archon:0.1.0}
 ENGINE=${ENGINE:-podman}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 PYTHON=${PYTHON:-.venv/bin/python}
+EXTRAS=${EXTRAS:-all}
 BASE=localhost/archon-base:bookworm
 
 need() { command -v "$1" >/dev/null || { echo "build-image: $1 not found (apt-get install $2)" >&2; exit 2; }; }
@@ -51,13 +54,13 @@ fi
 
 mkdir -p wheels
 echo "build-image: collecting wheels into wheels/ (pip's cache first)" >&2
-"$PYTHON" -m pip wheel --quiet --wheel-dir wheels . "setuptools>=68" wheel \
+"$PYTHON" -m pip wheel --quiet --wheel-dir wheels ".[$EXTRAS]" "setuptools>=68" wheel \
   2> >(grep -v '^WARNING: Location' >&2)
 
-echo "build-image: building $IMAGE on $BASE" >&2
+echo "build-image: building $IMAGE ($EXTRAS) on $BASE" >&2
 if [ "$ENGINE" = buildah ]; then
-  buildah bud --format docker --layers --build-arg "BASE=$BASE" --build-arg PIP_NO_INDEX=1 -t "$IMAGE" .
+  buildah bud --format docker --layers --build-arg "BASE=$BASE" --build-arg "EXTRAS=$EXTRAS" --build-arg PIP_NO_INDEX=1 -t "$IMAGE" .
 else
-  podman "${FLAGS[@]}" build "${RUN_FLAGS[@]}" --format docker --layers --build-arg "BASE=$BASE" --build-arg PIP_NO_INDEX=1 -t "$IMAGE" .
+  podman "${FLAGS[@]}" build "${RUN_FLAGS[@]}" --format docker --layers --build-arg "BASE=$BASE" --build-arg "EXTRAS=$EXTRAS" --build-arg PIP_NO_INDEX=1 -t "$IMAGE" .
 fi
 "$ENGINE" image ls "$IMAGE"

@@ -28,14 +28,23 @@ def fail(message: str, code: int = EXIT_CONFIG) -> NoReturn:
     raise typer.Exit(code)
 
 
-def exits_on_config_error(command: F) -> F:
+def exits_on_config_error(command: F, part: str | None = None) -> F:
     """Run ``command``; a ConfigError becomes one line on stderr and its own exit code, which
-    is what `archon doctor` reads back from a crash-looping pod."""
+    is what `archon doctor` reads back from a crash-looping pod. A package of a part that is not
+    installed becomes one line naming the extra to install (exit 2); ``part``: the extra of the
+    command's own part, named first."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except ModuleNotFoundError as exc:
+            from archon.extras import missing_extra
+
+            line = missing_extra(exc, part)
+            if line is None:
+                raise
+            fail(line)
         except Exception as exc:
             # Imported here, not at the top: archon.errors pulls in FastAPI.
             from archon.errors import ConfigError
@@ -49,13 +58,18 @@ def exits_on_config_error(command: F) -> F:
 
 class Typer(typer.Typer):
     """A ``typer.Typer`` whose commands and callbacks all exit through
-    :func:`exits_on_config_error`, so no command can forget to."""
+    :func:`exits_on_config_error`, so no command can forget to. ``part``: the packaging extra
+    of the group's part (pyproject.toml), for the line a missing package gives."""
+
+    def __init__(self, *args: Any, part: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.part = part
 
     def command(self, *args: Any, **kwargs: Any) -> Callable[[F], F]:
         register = super().command(*args, **kwargs)
 
         def decorator(function: F) -> F:
-            register(exits_on_config_error(function))
+            register(exits_on_config_error(function, self.part))
             return function
 
         return decorator
@@ -64,7 +78,7 @@ class Typer(typer.Typer):
         register = super().callback(*args, **kwargs)
 
         def decorator(function: F) -> F:
-            register(exits_on_config_error(function))
+            register(exits_on_config_error(function, self.part))
             return function
 
         return decorator

@@ -14,6 +14,7 @@ from archon.cli._common import Typer, fail, setup_logging
 agent_app = Typer(
     help="The RAG gateway: OpenAI API with retrieval, in front of the model servers.",
     invoke_without_command=True,
+    part="agent",
 )
 
 

@@ -16,7 +16,9 @@ from archon.cli._common import Typer, setup_logging
 if TYPE_CHECKING:
     from archon.kb.service import KnowledgeBase
 
-kb_app = Typer(help="The knowledge base: sync docs, serve queries.", no_args_is_help=True)
+kb_app = Typer(
+    help="The knowledge base: sync docs, serve queries.", no_args_is_help=True, part="kb"
+)
 
 
 @kb_app.command("sync")

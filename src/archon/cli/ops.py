@@ -149,7 +149,7 @@ def _print_findings(findings: list[Finding]) -> None:
     console.print(table)
 
 
-argocd_app = Typer(help="ArgoCD Applications for Archon's parts.", no_args_is_help=True)
+argocd_app = Typer(help="ArgoCD Applications for Archon's parts.", no_args_is_help=True, part="ops")
 
 
 @argocd_app.command("apply")

@@ -106,7 +106,7 @@ def _write_failure(path: Path, exc: ConfigError) -> None:
     path.write_text(json.dumps({"exit_code": exc.exit_code, "message": str(exc)}))
 
 
-model_app = Typer(help="Manage model files.", no_args_is_help=True)
+model_app = Typer(help="Manage model files.", no_args_is_help=True, part="modelserver")
 
 
 @model_app.command("pull")
@@ -128,7 +128,7 @@ def model_pull(
     typer.echo(str(path))
 
 
-config_app = Typer(help="Check configuration.", no_args_is_help=True)
+config_app = Typer(help="Check configuration.", no_args_is_help=True, part="modelserver")
 
 
 @config_app.command("check")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -57,7 +58,7 @@ def create_app(
         return JSONResponse(report.body, status_code=200 if report.ready else 503)
 
     @app.get("/v1/models")
-    async def list_models() -> dict:
+    async def list_models() -> dict[str, Any]:
         engine = runtime.engine
         card = {
             "id": served_name,
@@ -103,12 +104,12 @@ def create_app(
         return await respond(await service.prepare_completion(body), request)
 
     @app.post("/tokenize")
-    async def tokenize(request: Request) -> dict:
+    async def tokenize(request: Request) -> dict[str, Any]:
         body = await parse_json_body(request, tokenization.TokenizeRequest)
         return await tokenization.tokenize(body, runtime.require_engine(), served_name)
 
     @app.post("/detokenize")
-    async def detokenize(request: Request) -> dict:
+    async def detokenize(request: Request) -> dict[str, Any]:
         body = await parse_json_body(request, tokenization.DetokenizeRequest)
         return tokenization.detokenize(body, runtime.require_engine(), served_name)
 

@@ -386,7 +386,9 @@ class CompletionService:
                 "finish_reason": out.finish_reason,
             }
 
-        def chat_choice(index: int, delta: dict[str, Any], finish: str | None, lps: Any) -> dict:
+        def chat_choice(
+            index: int, delta: dict[str, Any], finish: str | None, lps: Any
+        ) -> dict[str, Any]:
             return {
                 "index": index,
                 "delta": delta,

@@ -290,7 +290,8 @@ def _hub_json(
             f"llm_model {reference!r}: {filename} not found on the hub ({what}); "
             "check the repository name"
         )
-    return response.json()
+    body: dict[str, Any] = response.json()
+    return body
 
 
 # ---- the GPU side ----

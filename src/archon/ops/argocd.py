@@ -139,7 +139,10 @@ class Applications:
 
     def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return self._call("get", self._api.get_namespaced_custom_object, namespace, name=name)
+            found: dict[str, Any] = self._call(
+                "get", self._api.get_namespaced_custom_object, namespace, name=name
+            )
+            return found
         except self._exc as exc:
             if exc.status == 404:
                 return None

@@ -236,9 +236,9 @@ class LlamaCppEngine:
                     seq.sink(GenerationOutput("", 0, "abort", index=seq.index))
                 return
         for slot in self._slots:
-            seq = slot.active
-            if seq is not None and seq.request.request_id == request_id:
-                self._finish(seq, "abort")
+            active = slot.active
+            if active is not None and active.request.request_id == request_id:
+                self._finish(active, "abort")
 
     def _admit(self) -> None:
         while self._waiting:

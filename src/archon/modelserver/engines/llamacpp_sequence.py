@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from archon.errors import ArchonError, InternalError
 from archon.modelserver.engines.base import (
@@ -44,7 +43,9 @@ class Sequence:
     pending: int | None = None  # sampled token not yet decoded
     generated: int = 0
     held: str = ""  # text held back because it may be the start of a stop string
-    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+    decoder: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace")
+    )
     first_output_sent: bool = False
     logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet sent
     finished: bool = False

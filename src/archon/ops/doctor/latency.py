@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from archon.ops.doctor.findings import Finding
 from archon.ops.doctor.scope import Scope, is_ready, name
-from archon.ops.status import histogram_quantile, parse_metrics, sum_of
+from archon.ops.status import Samples, histogram_quantile, parse_metrics, sum_of
 
 RUNBOOK = "docs/runbooks/ArchonHighRequestLatency.md"
 THRESHOLD_S = 30.0
@@ -16,7 +16,7 @@ P95_QUERY = (
 )
 
 
-def _share_above(samples, name: str, limit: float) -> float | None:
+def _share_above(samples: Samples, name: str, limit: float) -> float | None:
     buckets = {float(labels["le"]): 0.0 for labels, _ in samples.get(f"{name}_bucket", [])}
     for labels, value in samples.get(f"{name}_bucket", []):
         buckets[float(labels["le"])] += value

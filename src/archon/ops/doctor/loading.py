@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from archon.ops.doctor.findings import Finding
 from archon.ops.doctor.scope import Scope, age_seconds, container_statuses, is_ready, name
@@ -52,7 +53,7 @@ def check(scope: Scope) -> list[Finding]:
     return found
 
 
-def _unbound_claims(scope: Scope, pod: dict) -> list[str]:
+def _unbound_claims(scope: Scope, pod: dict[str, Any]) -> list[str]:
     claims = {
         v["persistentVolumeClaim"]["claimName"]
         for v in pod.get("spec", {}).get("volumes", [])
@@ -68,7 +69,7 @@ def _unbound_claims(scope: Scope, pod: dict) -> list[str]:
     ]
 
 
-def _downloading(downloader: str, status: dict | None, log: str) -> bool:
+def _downloading(downloader: str, status: dict[str, Any] | None, log: str) -> bool:
     if status is None or "running" not in status.get("state", {}):
         return False
     if downloader == "model-pull":  # an older bundle: the init container only downloads
@@ -80,7 +81,7 @@ def _downloading(downloader: str, status: dict | None, log: str) -> bool:
     )
 
 
-def _progress(scope: Scope, pod: dict, evidence: list[str]) -> Finding:
+def _progress(scope: Scope, pod: dict[str, Any], evidence: list[str]) -> Finding:
     statuses = dict((s["name"], s) for _, s in container_statuses(pod))
     init_names = {c.get("name") for c in pod.get("spec", {}).get("initContainers", [])}
     downloader = "model-pull" if "model-pull" in init_names else "vllm"

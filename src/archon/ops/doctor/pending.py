@@ -7,6 +7,7 @@ from typing import Any
 
 from archon.ops.doctor.findings import Finding
 from archon.ops.doctor.scope import (
+    EPOCH,
     Scope,
     event_time,
     gpu_request,
@@ -221,7 +222,7 @@ def _rejected_by_admission(scope: Scope, pods: list[dict[str, Any]]) -> list[Fin
     created = [t for p in pods if (t := timestamp(p["metadata"].get("creationTimestamp")))]
     classes = scope.read("runtimeclasses", purpose="RuntimeClass nvidia")
     present = {name(rc) for rc in classes or []}
-    for event in sorted(events, key=lambda e: event_time(e) or timestamp("1970-01-01T00:00:00Z")):
+    for event in sorted(events, key=lambda e: event_time(e) or EPOCH):
         message = event.get("message", "")
         if not (
             event.get("reason") == "FailedCreate"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from archon.ops.doctor.findings import Finding
@@ -84,7 +84,8 @@ class Scope:
 
 
 def name(obj: dict[str, Any]) -> str:
-    return obj["metadata"]["name"]
+    text: str = obj["metadata"]["name"]
+    return text
 
 
 def timestamp(text: str | None) -> datetime | None:
@@ -97,6 +98,9 @@ def age_seconds(obj: dict[str, Any], now: datetime) -> float:
     created = timestamp(obj["metadata"]["creationTimestamp"])
     assert created is not None
     return (now - created).total_seconds()
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def event_time(event: dict[str, Any]) -> datetime | None:

@@ -14,6 +14,10 @@ from urllib.parse import quote
 
 from archon.errors import ConfigError
 
+# The objects of a list call; an alias because a method named ``list`` hides the builtin in
+# the classes' annotations.
+Objects = list[dict[str, Any]]
+
 KINDS = (
     "nodes",
     "runtimeclasses",
@@ -42,9 +46,7 @@ class Forbidden(Exception):
 class ClusterSource(Protocol):
     def now(self) -> datetime: ...
 
-    def list(
-        self, kind: str, namespace: str | None = None, selector: str | None = None
-    ) -> list[dict[str, Any]]:
+    def list(self, kind: str, namespace: str | None = None, selector: str | None = None) -> Objects:
         """The objects (all namespaces when namespace is None); raises Forbidden on a 403."""
         ...
 
@@ -54,7 +56,7 @@ class ClusterSource(Protocol):
 
     def pod_metrics(self, namespace: str, pod: str, port: int) -> str | None: ...
 
-    def prometheus(self, query: str) -> list[dict[str, Any]] | None:
+    def prometheus(self, query: str) -> Objects | None:
         """An instant query's result vector, or None when no Prometheus is reachable."""
         ...
 
@@ -86,9 +88,7 @@ class LiveCluster:
     def now(self) -> datetime:
         return datetime.now(UTC)
 
-    def list(
-        self, kind: str, namespace: str | None = None, selector: str | None = None
-    ) -> list[dict[str, Any]]:
+    def list(self, kind: str, namespace: str | None = None, selector: str | None = None) -> Objects:
         # Raw JSON, not the client's models: exactly what the API server said, and no
         # validation error on a field a newer server adds.
         kw: dict[str, Any] = {"_preload_content": False}
@@ -124,6 +124,7 @@ class LiveCluster:
             "ingressclasses": self._net.list_ingress_class,
             "storageclasses": self._storage.list_storage_class,
         }
+        result: Any  # the raw HTTP response (_preload_content=False)
         try:
             if kind in cluster:
                 result = cluster[kind](**kw)
@@ -138,13 +139,15 @@ class LiveCluster:
             if exc.status == 404:  # an API this cluster does not serve
                 return []
             raise
-        return json.loads(result.data).get("items", [])
+        items: Objects = json.loads(result.data).get("items", [])
+        return items
 
     def log(
         self, namespace: str, pod: str, container: str, *, previous: bool, tail: int = 200
     ) -> str | None:
         try:
-            response = self._core.read_namespaced_pod_log(
+            # With _preload_content=False the client returns the raw HTTP response.
+            response: Any = self._core.read_namespaced_pod_log(
                 pod,
                 namespace,
                 container=container,
@@ -152,20 +155,22 @@ class LiveCluster:
                 tail_lines=tail,
                 _preload_content=False,
             )
-            return response.data.decode("utf-8", "replace")
+            text: str = response.data.decode("utf-8", "replace")
+            return text
         except self._exc:
             return None
 
     def pod_metrics(self, namespace: str, pod: str, port: int) -> str | None:
         try:
-            response = self._core.connect_get_namespaced_pod_proxy_with_path(
+            response: Any = self._core.connect_get_namespaced_pod_proxy_with_path(
                 f"{pod}:{port}", namespace, "metrics", _preload_content=False
             )
-            return response.data.decode("utf-8", "replace")
+            text: str = response.data.decode("utf-8", "replace")
+            return text
         except self._exc:
             return None
 
-    def prometheus(self, query: str) -> list[dict[str, Any]] | None:
+    def prometheus(self, query: str) -> Objects | None:
         if not self._prometheus_url:
             return None
         import httpx
@@ -193,14 +198,13 @@ class DumpCluster:
     def now(self) -> datetime:
         return datetime.fromisoformat(self.meta["now"])
 
-    def list(
-        self, kind: str, namespace: str | None = None, selector: str | None = None
-    ) -> list[dict[str, Any]]:
+    def list(self, kind: str, namespace: str | None = None, selector: str | None = None) -> Objects:
         path = self.root / _key(kind, namespace, selector)
-        data = json.loads(path.read_text()) if path.is_file() else []
+        data: Any = json.loads(path.read_text()) if path.is_file() else []
         if isinstance(data, dict) and "forbidden" in data:
             raise Forbidden(kind, namespace, data["forbidden"])
-        return data
+        objects: Objects = data
+        return objects
 
     def log(
         self, namespace: str, pod: str, container: str, *, previous: bool, tail: int = 200
@@ -216,7 +220,7 @@ class DumpCluster:
         path = self.root / "metrics" / _key(namespace, pod).replace(".json", ".txt")
         return path.read_text() if path.is_file() else None
 
-    def prometheus(self, query: str) -> list[dict[str, Any]] | None:
+    def prometheus(self, query: str) -> Objects | None:
         path = self.root / "prometheus" / _key(query)
         return json.loads(path.read_text()) if path.is_file() else None
 
@@ -236,9 +240,7 @@ class RecordingCluster:
     def now(self) -> datetime:
         return self._now
 
-    def list(
-        self, kind: str, namespace: str | None = None, selector: str | None = None
-    ) -> list[dict[str, Any]]:
+    def list(self, kind: str, namespace: str | None = None, selector: str | None = None) -> Objects:
         path = self.root / _key(kind, namespace, selector)
         try:
             items = self.inner.list(kind, namespace, selector)
@@ -264,7 +266,7 @@ class RecordingCluster:
             (self.root / "metrics" / name).write_text(text)
         return text
 
-    def prometheus(self, query: str) -> list[dict[str, Any]] | None:
+    def prometheus(self, query: str) -> Objects | None:
         result = self.inner.prometheus(query)
         if result is not None:
             (self.root / "prometheus" / _key(query)).write_text(json.dumps(result))
