@@ -66,17 +66,12 @@ class Typer(typer.Typer):
         self.part = part
 
     def command(self, *args: Any, **kwargs: Any) -> Callable[[F], F]:
-        register = super().command(*args, **kwargs)
-
-        def decorator(function: F) -> F:
-            register(exits_on_config_error(function, self.part))
-            return function
-
-        return decorator
+        return self._wrapped(super().command(*args, **kwargs))
 
     def callback(self, *args: Any, **kwargs: Any) -> Callable[[F], F]:
-        register = super().callback(*args, **kwargs)
+        return self._wrapped(super().callback(*args, **kwargs))
 
+    def _wrapped(self, register: Callable[[F], Any]) -> Callable[[F], F]:
         def decorator(function: F) -> F:
             register(exits_on_config_error(function, self.part))
             return function
