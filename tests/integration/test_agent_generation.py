@@ -12,9 +12,8 @@ import pytest
 import yaml
 
 from archon.agent.auth import hash_key
-from tests.conftest import MODEL
 from tests.support.fake_upstream import FAKE_MODEL, FakeUpstream
-from tests.support.servers import Server
+from tests.support.servers import MODEL, Server
 from tests.support.stack import start_agent, wait_agent_ready
 
 pytestmark = pytest.mark.slow

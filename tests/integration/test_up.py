@@ -13,8 +13,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MODEL
-from tests.support.servers import ARCHON, free_port, port_open
+from tests.support.servers import ARCHON, MODEL, free_port, port_open
 from tests.support.stack import querying_docs_sources
 
 pytestmark = pytest.mark.slow
