@@ -4,7 +4,9 @@ the LiteLLM proxy, same fake upstream, same client, same machine, interleaved in
 
 Targets: the fake upstream itself (direct), `archon agent` with retrieval off (`--no-kb`), the
 same agent with retrieval on against a fake knowledge base (and with it turned off per request by
-`"archon": {"rag": false}`), and LiteLLM's proxy (one worker, no database, no callbacks). The
+`"archon": {"rag": false}`), the agent with retrieval off and a named key whose (never reached)
+limits are counted in the process (`archon-limits`) or in a local redis-server
+(`archon-limits-redis`), and LiteLLM's proxy (one worker, no database, no callbacks). The
 upstream and the knowledge base are tiny raw-asyncio HTTP/1.1 servers in their own processes,
 far faster than any target, so what is measured is the proxy's own cost. For each target:
 non-streamed latency at concurrency 1 (p50/p99), time to the first content chunk of a stream at
@@ -25,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import hashlib
 import json
 import os
 import platform
@@ -47,6 +50,7 @@ from tests.support.servers import free_port, wait_until  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results"
 LOGS = Path(tempfile.gettempdir())  # main() makes a fresh folder for servers' logs and configs
 LITELLM_VENV = ROOT / ".venv-litellm"
+BASELINE_SRC = ""  # --baseline-src
 MODEL = "fake"
 # The fake upstream's answer; the first content piece is the marker the stream timer waits for.
 FIRST_PIECE = "Benchmarked-answer:"
@@ -714,7 +718,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--targets",
-        default="direct,archon-rag-off,archon-rag-on,archon-rag-off-per-request,litellm",
+        default="direct,archon-rag-off,archon-limits,archon-limits-redis,archon-rag-on,"
+        "archon-rag-off-per-request,litellm",
+    )
+    parser.add_argument(
+        "--baseline-src",
+        help="the src/ of another checkout: adds the target archon-baseline (its agent, "
+        "retrieval off) to compare a change against the code before it",
     )
     parser.add_argument("--write", type=Path, help="write the results into this Markdown file")
     parser.add_argument("--serve-fake", choices=["upstream", "kb"], help=argparse.SUPPRESS)
@@ -728,6 +738,11 @@ def main() -> None:
         return
 
     wanted = args.targets.split(",")
+    if args.baseline_src:
+        global BASELINE_SRC
+        BASELINE_SRC = str(Path(args.baseline_src).resolve())
+        wanted.insert(wanted.index("archon-rag-off") + 1 if "archon-rag-off" in wanted else 1,
+                      "archon-baseline")  # fmt: skip
     if any(name.startswith("archon") for name in wanted) and not agent_available():
         print("`archon agent` is not available: skipping the archon targets", flush=True)
         wanted = [name for name in wanted if not name.startswith("archon")]
@@ -802,18 +817,46 @@ def start_targets(procs: Processes, wanted: list[str], tmp: Path) -> list[Target
     targets: list[Target] = []
     agents: dict[str, tuple[subprocess.Popen, str]] = {}
 
-    def agent(name: str, *retrieval: str) -> tuple[subprocess.Popen, str]:
+    def agent(
+        name: str, *retrieval: str, env: dict[str, str] | None = None
+    ) -> tuple[subprocess.Popen, str]:
         port = free_port()
         cmd = [sys.executable, "-m", "archon.cli", "agent", "--host", "127.0.0.1",
                "--port", str(port), "--upstream", upstream, "--log-level", "warning", *retrieval]  # fmt: skip
-        proc = procs.start(name, cmd, env={"ARCHON_AGENT_API_KEYS": API_KEY})
+        proc = procs.start(name, cmd, env=env or {"ARCHON_AGENT_API_KEYS": API_KEY})
         return proc, f"http://127.0.0.1:{port}"
+
+    def metered(redis_url: str | None = None) -> dict[str, str]:
+        """The same key, named in a YAML keys file with limits it never reaches: every request
+        is admitted, counted and settled (in the process, or in Redis)."""
+        keys = tmp / "bench-keys.yaml"
+        digest = "sha256:" + hashlib.sha256(API_KEY.encode()).hexdigest()
+        keys.write_text(
+            "keys:\n  - name: bench\n    key: " + digest + "\n"
+            "    requests_per_minute: 100000000\n    tokens_per_minute: 1000000000000\n"
+        )
+        env = {"ARCHON_AGENT_API_KEYS_FILE": str(keys)}
+        return {**env, "ARCHON_AGENT_REDIS_URL": redis_url} if redis_url else env
 
     for name in wanted:
         if name == "direct":
             targets.append(Target("direct", upstream))
         elif name == "archon-rag-off":
             agents[name] = agent(name, "--no-kb")
+        elif name == "archon-limits":
+            agents[name] = agent(name, "--no-kb", env=metered())
+        elif name == "archon-baseline":
+            # The same agent from another checkout's src/ (--baseline-src): a change's cost,
+            # measured against the code before it in the same run.
+            baseline = {"ARCHON_AGENT_API_KEYS": API_KEY, "PYTHONPATH": BASELINE_SRC}
+            agents[name] = agent(name, "--no-kb", env=baseline)
+        elif name == "archon-limits-redis":
+            redis_port = free_port()
+            redis = procs.start("redis", ["redis-server", "--port", str(redis_port), "--bind",
+                                          "127.0.0.1", "--save", "", "--appendonly", "no"])  # fmt: skip
+            wait_redis(redis_port, redis)
+            redis_url = f"redis://127.0.0.1:{redis_port}/0"
+            agents[name] = agent(name, "--no-kb", env=metered(redis_url))
         elif name in ("archon-rag-on", "archon-rag-off-per-request") and "kb" not in agents:
             agents["kb"] = agent("archon-kb", "--kb-url", kb_url)
         elif name == "litellm":
@@ -826,7 +869,7 @@ def start_targets(procs: Processes, wanted: list[str], tmp: Path) -> list[Target
         ready = "/health/liveliness" if key == "litellm" else "/ready"
         wait_ready(key, url + ready, proc, timeout=180)
     for name in wanted:
-        if name == "archon-rag-off":
+        if name in ("archon-rag-off", "archon-baseline", "archon-limits", "archon-limits-redis"):
             proc, url = agents[name]
             targets.append(Target(name, url, proc.pid))
         elif name == "archon-rag-on":
@@ -851,6 +894,17 @@ def start_targets(procs: Processes, wanted: list[str], tmp: Path) -> list[Target
             if (rag == "used") != (t.name == "archon-rag-on") or (rag == "used") != bool(sources):
                 raise RuntimeError(f"{t.name}: x-archon-rag {rag!r} with {len(sources)} sources")
     return targets
+
+
+def wait_redis(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5) as s:
+            s.sendall(b"PING\r\n")
+            if s.recv(16).startswith(b"+PONG"):
+                return
+        time.sleep(0.1)
+    raise RuntimeError("redis-server did not start (Debian's redis-server package)")
 
 
 async def probe(target: Target) -> tuple[str | None, list]:
@@ -900,6 +954,20 @@ def tables(summaries: list[dict]) -> list[str]:
             f"{_ms(s['load_p99_ms'])} | {_ms(cpu) if cpu == cpu else '—'} | "
             f"{s['failed']}/{s['requests']} |"
         )
+    limited, shared = by.get("archon-limits"), by.get("archon-limits-redis")
+    if limited and direct:
+        p50 = limited["p50_ms"] - direct["p50_ms"]
+        lines += [
+            "",
+            f"Goal, a named key with limits counted in the process: added p50 {p50:.2f} ms "
+            f"(goal ≤ 1.5 ms: {'met' if p50 <= 1.5 else 'missed'})"
+            + (
+                f"; in Redis: added p50 {shared['p50_ms'] - direct['p50_ms']:.2f} ms, p99 "
+                f"{shared['p99_ms'] - direct['p99_ms']:.2f} ms (reported, no goal)."
+                if shared
+                else "."
+            ),
+        ]
     off = by.get("archon-rag-off")
     if off and direct and lite:
         p50 = off["p50_ms"] - direct["p50_ms"]

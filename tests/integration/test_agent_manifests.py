@@ -492,6 +492,9 @@ def test_alerts_and_dashboard_read_only_the_agents_metrics() -> None:
         "archon_agent_limits_backend_errors_total",
         "archon_agent_key_budget_tokens",
         "archon_agent_key_budget_used_tokens",
+        "archon_agent_queue_depth",
+        "archon_agent_queue_wait_seconds",
+        "archon_agent_shed_total",
     }
     text = RULES.read_text() + json.dumps(json.loads(DASHBOARD.read_text()))
     used = {_family(n) for n in re.findall(r"archon_agent_[a-z_]+", text)}

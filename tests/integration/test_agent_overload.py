@@ -159,3 +159,28 @@ def test_a_key_raises_its_class_only_when_allowed(agent: Server, fake: FakeUpstr
             extra_headers={"x-archon-priority": "urgent"},
         )
     assert bad.value.body["param"] == "x-archon-priority"
+
+
+def test_an_upstream_found_in_dns_through_the_system_resolver(
+    tmp_path: Path, fake: FakeUpstream
+) -> None:
+    """dns+http://localhost:<port>: every address localhost resolves to becomes an upstream; the
+    IPv4 one answers (the stand-in listens on 127.0.0.1), an IPv6 one, if any, is unhealthy."""
+    port = fake.url.rsplit(":", 1)[1]
+    agent = start_agent(tmp_path, [f"dns+http://localhost:{port}"], None)
+    try:
+        wait_agent_ready(agent)
+        ups = httpx.get(agent.url + "/ready", timeout=5).json()["upstreams"]
+        assert {u["found_by"] for u in ups} == {f"dns+http://localhost:{port}"}
+        urls = {u["url"]: u["healthy"] for u in ups}
+        assert urls[f"http://127.0.0.1:{port}"] is True
+        assert set(urls) <= {f"http://127.0.0.1:{port}", f"http://[::1]:{port}"}
+        answer = httpx.post(
+            agent.url + "/v1/chat/completions",
+            json={"model": FAKE_MODEL, "messages": [{"role": "user", "content": "found?"}]},
+            timeout=30,
+        )
+        assert answer.status_code == 200
+        assert int(answer.headers["x-archon-upstream"]) >= 2  # numbered after the listed (one)
+    finally:
+        agent.stop()

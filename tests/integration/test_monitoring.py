@@ -313,6 +313,8 @@ def test_dashboard_covers_what_operators_look_at() -> None:
         "archon_agent_upstream_in_flight",
         "archon_agent_tokens_total",  # usage per key
         "archon_agent_key_budget_used_tokens",
+        "archon_agent_queue_depth",  # the priority queue
+        "archon_agent_shed_total",
     ):
         assert name in text, name
     quantiles = set(re.findall(r"histogram_quantile\((0\.\d+)", text))
