@@ -48,9 +48,9 @@ def priority_of(key: ApiKey | None, header: str | None, default: Priority) -> Pr
             f"{HEADER} must be one of {', '.join(CLASSES)}, not {header!r}", param=HEADER
         )
     if CLASSES.index(wanted) > CLASSES.index(base):
-        return wanted  # type: ignore[return-value]  # a lower class: anyone may step down
+        return wanted  # a lower class: anyone may step down
     if key is None or key.set_priority or wanted == base:
-        return wanted  # type: ignore[return-value]
+        return wanted
     raise ModelNotAllowedError(
         f"This key may not raise its priority to {wanted} (set_priority in the keys file)",
         param=HEADER,
