@@ -90,7 +90,7 @@ def test_interactive_goes_first_and_batch_is_shed_at_the_bound(
     agent: Server, fake: FakeUpstream
 ) -> None:
     fake.bodies.clear()
-    fake.delay = 1.0
+    fake.hold = threading.Event()  # b0 holds the upstream's one slot until released below
     results: dict[str, Any] = {}
 
     def ask(label: str, key: str, **headers: str) -> None:
@@ -113,15 +113,20 @@ def test_interactive_goes_first_and_batch_is_shed_at_the_bound(
     try:
         threads = [start("b0", "job")]
         wait_until(lambda: len(fake.bodies) == 1)  # b0 holds the upstream's one slot
-        threads += [start("b1", "job"), start("b2", "person", **{"x-archon-priority": "batch"})]
+        threads.append(start("b1", "job"))
+        wait_until(lambda: depth("batch") == 1)  # in this order: b2 is the newest
+        threads.append(start("b2", "person", **{"x-archon-priority": "batch"}))
         wait_until(lambda: depth("batch") == 2)
         threads.append(start("i1", "person"))
         wait_until(lambda: depth("interactive") == 1)
         threads.append(start("i2", "lead", **{"x-archon-priority": "interactive"}))  # sheds b2
+        threads[2].join(60)  # b2's answer: the 503
+        fake.hold.set()  # now each goes through in turn
         for thread in threads:
             thread.join(60)
     finally:
-        fake.delay = 0.0
+        fake.hold.set()
+        fake.hold = None
     shed = results["b2"]
     assert shed.status_code == 503
     assert set(shed.json()["error"]) == {"message", "type", "param", "code"}
@@ -184,3 +189,38 @@ def test_an_upstream_found_in_dns_through_the_system_resolver(
         assert int(answer.headers["x-archon-upstream"]) >= 2  # numbered after the listed (one)
     finally:
         agent.stop()
+
+
+def test_a_client_that_leaves_while_queued_or_waiting_for_headers_frees_everything(
+    agent: Server, fake: FakeUpstream
+) -> None:
+    """A non-streamed answer's headers come with the whole answer: a client that hangs up before
+    must free the upstream (in flight 0), and one that hangs up in the queue its place."""
+    fake.bodies.clear()
+    fake.hold = threading.Event()
+    auth = {"authorization": f"Bearer {secret('person')}"}
+    body = {"model": FAKE_MODEL, "messages": [{"role": "user", "content": "x"}]}
+
+    def post(timeout: float) -> None:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(agent.url + "/v1/chat/completions", json=body, headers=auth, timeout=timeout)
+
+    def state() -> tuple[int, float]:
+        ready = httpx.get(agent.url + "/ready", timeout=5).json()
+        depth = value(metrics(agent), 'archon_agent_queue_depth{priority="interactive"}')
+        return ready["upstreams"][0]["in_flight"], depth
+
+    try:
+        first = threading.Thread(target=post, args=(6.0,))  # waits at the upstream
+        first.start()
+        wait_until(lambda: len(fake.bodies) == 1)
+        post(1.0)  # waits in the agent's queue (the one slot is taken), then hangs up
+        wait_until(lambda: state() == (1, 0))  # its place is free, the first still there
+        first.join(30)
+        wait_until(lambda: state() == (0, 0))  # the first's client left: the upstream is free
+    finally:
+        fake.hold.set()
+        fake.hold = None
+    assert len(fake.bodies) == 1  # the queued one never reached the model server
+    ok = httpx.post(agent.url + "/v1/chat/completions", json=body, headers=auth, timeout=30)
+    assert ok.status_code == 200

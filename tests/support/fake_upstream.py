@@ -29,6 +29,7 @@ class FakeUpstream:
         self.reply: str | None = None
         self.bodies: list[dict[str, Any]] = []
         self.released = threading.Event()
+        self.hold: threading.Event | None = None  # set: each request waits for it (then answers)
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -54,6 +55,8 @@ class FakeUpstream:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["content-length"])))
                 fake.bodies.append(body)
+                if fake.hold is not None:
+                    fake.hold.wait(60)
                 if fake.delay:
                     time.sleep(fake.delay)
                 if fake.mode == "stall_body":

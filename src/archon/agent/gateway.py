@@ -295,10 +295,20 @@ class Gateway:
     async def _send(
         self, request: Request, path: str, route: str, prepared: Prepared, began: float
     ) -> Response:
-        resp, lease = await self.open(path, prepared)
+        grant = prepared.grant
+        raw: bytes | None = None
+        if prepared.stream and self.admission is None:
+            resp, lease = await self.open(path, prepared)  # a stream's headers come at once
+        else:
+            # A non-streamed answer's headers come only with the whole answer, and a queued
+            # request may wait long: from the start, a client that leaves cancels it all (the
+            # lease goes back, the upstream connection closes, the model server stops).
+            done = await run_unless_client_leaves(request, self._open_and_read(path, prepared))
+            if done is None:
+                return self._client_left(route, began, grant)
+            resp, lease, raw = done
         up = lease.upstream
         headers = {"x-archon-rag": prepared.outcome, "x-archon-upstream": str(up.number)}
-        grant = prepared.grant
         if grant is not None:
             headers.update(grant.headers)
         if prepared.stream and resp.status == 200:
@@ -315,28 +325,10 @@ class Gateway:
             except BaseException:
                 stream.end(False)
                 raise
-        with lease:
-            try:
-                raw = await self._read_unless_client_left(request, resp)
-            except ClientGone:
-                self.observe(route, 499, began)
-                if grant is not None:
-                    grant.finish(499, estimate=True)
-                return Response(status_code=499)
-            except aiohttp.SocketTimeoutError:  # a ClientError too: it goes first
-                resp.close()
-                self.metrics.upstream_errors.labels(up.url, "timeout").inc()
-                raise GatewayTimeoutError(
-                    f"The model server {up.url} did not finish within request_timeout "
-                    f"({self.settings.request_timeout:g}s)"
-                ) from None
-            except aiohttp.ClientError as exc:
-                resp.close()
-                self.metrics.upstream_errors.labels(up.url, "midstream").inc()
-                raise ServiceUnavailableError(
-                    f"The model server {up.url} failed while answering: {exc}",
-                    code="upstream_failed",
-                ) from None
+        if raw is None:  # a stream refused with an error status: read that error
+            raw = await run_unless_client_leaves(request, self._read(resp, lease))
+            if raw is None:
+                return self._client_left(route, began, grant)
         self.observe(route, resp.status, began)
         if grant is not None:
             grant.finish(resp.status, usage_of(raw) if resp.status == 200 else None)
@@ -354,17 +346,46 @@ class Gateway:
             headers=headers,
         )
 
-    async def _read_unless_client_left(
-        self, request: Request, resp: aiohttp.ClientResponse
-    ) -> bytes:
-        """Read the whole answer; if the client hangs up first, drop the upstream connection so
-        the model server stops generating for nobody."""
-        raw = await run_unless_client_leaves(request, resp.read())
-        if raw is None:
-            resp.close()
-            raise ClientGone
+    async def _open_and_read(
+        self, path: str, prepared: Prepared
+    ) -> tuple[aiohttp.ClientResponse, Lease, bytes | None]:
+        """Open, and read the whole answer unless it is a stream to relay (then None)."""
+        resp, lease = await self.open(path, prepared)
+        if prepared.stream and resp.status == 200:
+            return resp, lease, None
+        return resp, lease, await self._read(resp, lease)
+
+    async def _read(self, resp: aiohttp.ClientResponse, lease: Lease) -> bytes:
+        """The whole answer; the lease is released whatever happens."""
+        up = lease.upstream
+        with lease:
+            try:
+                raw = await resp.read()
+            except aiohttp.SocketTimeoutError:  # a ClientError too: it goes first
+                resp.close()
+                self.metrics.upstream_errors.labels(up.url, "timeout").inc()
+                raise GatewayTimeoutError(
+                    f"The model server {up.url} did not finish within request_timeout "
+                    f"({self.settings.request_timeout:g}s)"
+                ) from None
+            except aiohttp.ClientError as exc:
+                resp.close()
+                self.metrics.upstream_errors.labels(up.url, "midstream").inc()
+                raise ServiceUnavailableError(
+                    f"The model server {up.url} failed while answering: {exc}",
+                    code="upstream_failed",
+                ) from None
+            except BaseException:  # cancelled: the client left; the model server stops too
+                resp.close()
+                raise
         resp.release()
         return raw
+
+    def _client_left(self, route: str, began: float, grant: Grant | None) -> Response:
+        self.observe(route, 499, began)
+        if grant is not None:
+            grant.finish(499, estimate=True)
+        return Response(status_code=499)
 
     async def _relay(self, stream: _Stream, prepared: Prepared) -> AsyncIterator[bytes]:
         resp, up = stream.resp, stream.lease.upstream
@@ -537,7 +558,3 @@ class _Stream:
         self.gateway.observe(self.route, 200, self.began)
         if self.grant is not None:
             self.grant.finish(200, estimate=True)
-
-
-class ClientGone(Exception):
-    """The client closed the connection before the answer was ready."""
