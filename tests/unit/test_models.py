@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from archon.errors import ConfigError
-from archon.modelserver.hub import Progress, format_progress
 from archon.modelserver.models import resolve
+from archon.modelserver.progress import Progress, format_progress
 
 
 def test_bundled_model_resolves_to_a_gguf_file() -> None:

@@ -16,9 +16,10 @@ from archon.errors import ConfigError, install_error_handlers
 from archon.http import BodyLimitMiddleware, parse_json_body, run_unless_client_leaves
 from archon.modelserver import models, tokenization
 from archon.modelserver.metrics import ModelServerMetrics
+from archon.modelserver.preparation import Prepared, RequestPreparer
 from archon.modelserver.runtime import EngineFactory, ModelRuntime, llamacpp_factory
 from archon.modelserver.schemas import ChatCompletionRequest, CompletionRequest
-from archon.modelserver.serving import CompletionService, Prepared
+from archon.modelserver.serving import CompletionService
 from archon.openai.sse import SSE_HEADERS
 from archon.settings import ModelServerSettings
 
@@ -35,6 +36,7 @@ def create_app(
     served_name = settings.served_model_name or model.default_name
     runtime = ModelRuntime(settings, model, served_name, engine_factory, on_fatal)
     metrics = ModelServerMetrics(served_name, runtime.stats)
+    preparer = RequestPreparer(runtime)
     service = CompletionService(runtime, metrics)
 
     @asynccontextmanager
@@ -96,12 +98,12 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         body = await parse_json_body(request, ChatCompletionRequest)
-        return await respond(await service.prepare_chat(body), request)
+        return await respond(await preparer.prepare_chat(body), request)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         body = await parse_json_body(request, CompletionRequest)
-        return await respond(await service.prepare_completion(body), request)
+        return await respond(await preparer.prepare_completion(body), request)
 
     @app.post("/tokenize")
     async def tokenize(request: Request) -> dict[str, Any]:

@@ -18,7 +18,6 @@ import logging
 import os
 import re
 import shutil
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from tenacity import (
 )
 
 from archon.errors import DiskFullError, ModelReferenceError, NetworkError
+from archon.modelserver.progress import Progress, Reporter, size_text
 
 log = logging.getLogger("archon.hub")
 
@@ -223,81 +223,6 @@ def select_model_files(files: Iterable[RemoteFile]) -> list[RemoteFile]:
     return chosen
 
 
-@dataclass
-class Progress:
-    done: int
-    total: int | None
-    bytes_per_s: float
-
-    @property
-    def fraction(self) -> float | None:
-        return min(self.done / self.total, 1.0) if self.total else None
-
-
-def format_progress(name: str, p: Progress) -> str:
-    if p.total:
-        pct = 100.0 * p.done / p.total
-        eta = (p.total - p.done) / p.bytes_per_s if p.bytes_per_s > 0 else None
-        return (
-            f"downloading {name}: {pct:.1f}% ({_size(p.done)}/{_size(p.total)}) "
-            f"{p.bytes_per_s / 1e6:.1f} MB/s ETA {_duration(eta)}"
-        )
-    return f"downloading {name}: {_size(p.done)} {p.bytes_per_s / 1e6:.1f} MB/s"
-
-
-def _size(n: int) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
-
-
-class _Reporter:
-    """Aggregate byte counts of several files into progress callbacks and timed log lines."""
-
-    def __init__(
-        self,
-        name: str,
-        total: int | None,
-        on_progress: Callable[[Progress], None],
-        log_interval: float,
-        already: int = 0,
-    ):
-        self.name = name
-        self.total = total
-        self.done = already
-        self._start_done = already
-        self._began = self._last_log = time.monotonic()
-        self._on_progress = on_progress
-        self._interval = log_interval
-
-    def add(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        progress = self.snapshot(now)
-        self._on_progress(progress)
-        if now - self._last_log >= self._interval:
-            self._last_log = now
-            log.info("%s", format_progress(self.name, progress))
-
-    def snapshot(self, now: float | None = None) -> Progress:
-        elapsed = max((now or time.monotonic()) - self._began, 1e-6)
-        return Progress(self.done, self.total, (self.done - self._start_done) / elapsed)
-
-    def finish(self) -> None:
-        progress = Progress(self.done, self.total, self.snapshot().bytes_per_s)
-        self._on_progress(progress)
-        log.info("%s", format_progress(self.name, progress))
-
-
 def _log_retry(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
     log.warning(
@@ -333,7 +258,7 @@ def fetch_files(
     total = sum(f.size or 0 for f in files) or None
     remaining = sum(f.size or 0 for f in missing) - partial_bytes
     _check_space(reference, remaining)
-    reporter = _Reporter(
+    reporter = Reporter(
         name,
         total,
         on_progress,
@@ -382,12 +307,13 @@ def _check_space(reference: str, needed: int) -> None:
     free = shutil.disk_usage(root).free
     if needed > free:
         raise DiskFullError(
-            f"llm_model {reference!r}: needs {_size(needed)} but {root} has {_size(free)} free; "
+            f"llm_model {reference!r}: needs {size_text(needed)} but {root} has "
+            f"{size_text(free)} free; "
             "free space or give the model cache more room"
         )
 
 
-def _download(remote: RemoteFile, reporter: _Reporter) -> None:
+def _download(remote: RemoteFile, reporter: Reporter) -> None:
     partial = _partial(remote)
     partial.parent.mkdir(parents=True, exist_ok=True)
     start_at = partial.stat().st_size if partial.exists() else 0
@@ -405,7 +331,7 @@ def _download(remote: RemoteFile, reporter: _Reporter) -> None:
             reporter.add(-start_at)
             start_at = 0
         elif start_at:
-            log.info("resuming %s at %s", remote.filename, _size(start_at))
+            log.info("resuming %s at %s", remote.filename, size_text(start_at))
         written = start_at
         with partial.open("ab" if start_at else "wb") as out:
             for chunk in response.iter_bytes(1 << 20):

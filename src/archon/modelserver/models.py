@@ -22,6 +22,7 @@ from pathlib import Path
 
 from archon.errors import ModelReferenceError
 from archon.modelserver import hub
+from archon.modelserver.progress import Progress
 
 log = logging.getLogger("archon.models")
 
@@ -46,7 +47,7 @@ class PendingDownload:
 
     def fetch(
         self,
-        on_progress: Callable[[hub.Progress], None] = lambda _p: None,
+        on_progress: Callable[[Progress], None] = lambda _p: None,
         log_interval: float = 5.0,
     ) -> None:
         hub.fetch_files(
@@ -196,7 +197,7 @@ def resolve_repo(reference: str) -> ResolvedModel:
 def pull(
     reference: str,
     *,
-    on_progress: Callable[[hub.Progress], None] = lambda _p: None,
+    on_progress: Callable[[Progress], None] = lambda _p: None,
     log_interval: float = 5.0,
 ) -> Path:
     """Download ``reference`` into the cache unless it is there; return the local path."""

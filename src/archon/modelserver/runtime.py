@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from archon.errors import ConfigError, ModelLoadError, ServiceUnavailableError
 from archon.modelserver.engines.base import Engine, EngineDead, EngineStats
-from archon.modelserver.hub import Progress
 from archon.modelserver.models import ResolvedModel
+from archon.modelserver.progress import Progress
 from archon.settings import ModelServerSettings
 
 log = logging.getLogger("archon.modelserver")
