@@ -102,6 +102,8 @@ def main() -> None:
         best = max((r for r in results if r["chunks"] == chunks), key=lambda r: r["hybrid"])
         print(f"  best hybrid {best['hybrid']:.3f} with {best}", flush=True)
         kb.close()
+        if args.json:  # after each setting: a long run that is cut keeps what it measured
+            args.json.write_text(json.dumps(results, indent=1))
     results.sort(key=lambda r: -r["hybrid"])
     print(f"\ntop settings on {args.split} ({len(queries)} questions):")
     for row in results[:15]:
@@ -111,8 +113,6 @@ def main() -> None:
                 f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
             )
         )
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

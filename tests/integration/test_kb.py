@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from archon.errors import SyncInProgressError
 from archon.kb.chunking import FENCE, chunk_markdown, split_blocks
 from archon.kb.embeddings import Embedder
 from archon.kb.fusion import FusionParams
@@ -406,6 +407,21 @@ def test_reindex_rebuilds_from_scratch(tmp_path: Path, embedder) -> None:
         assert snapshot(rebuilt) == before
     finally:
         rebuilt.close()
+
+
+def test_a_second_sync_is_a_conflict_not_a_config_error(tmp_path: Path, embedder) -> None:
+    repo = make_repo(tmp_path, subset=["docs/federation.md"])
+    kb = kb_for(tmp_path, embedder, sources_file(tmp_path, repo))
+    try:
+        with kb._sync_lock:  # a sync in progress
+            assert kb.syncing
+            with pytest.raises(SyncInProgressError) as caught:
+                kb.sync()
+        assert caught.value.status_code == 409
+        assert caught.value.body()["error"]["code"] == "sync_in_progress"
+        assert kb.sync().ok  # and once it is over, the next one runs
+    finally:
+        kb.close()
 
 
 def test_changed_chunking_rechunks_every_file(tmp_path: Path, embedder) -> None:

@@ -9,6 +9,7 @@ long chunk counts as much as its head instead of being silently cut off.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,6 +31,27 @@ class Embedder(Protocol):
     def embed_documents(self, texts: list[str]) -> np.ndarray: ...
 
     def embed_query(self, text: str) -> np.ndarray: ...
+
+
+def embed_windowed(
+    texts: list[str],
+    windows: Callable[[str], list[str]],
+    encode: Callable[[list[str]], np.ndarray],
+    dim: int,
+) -> np.ndarray:
+    """One vector per text: the normalised mean of its windows' vectors (a text longer than the
+    model's window is read whole, in pieces, rather than cut)."""
+    pieces: list[str] = []
+    owners: list[int] = []
+    for i, text in enumerate(texts):
+        for piece in windows(text):
+            pieces.append(piece)
+            owners.append(i)
+    if not pieces:
+        return np.zeros((0, dim), dtype=np.float32)
+    summed = np.zeros((len(texts), dim), dtype=np.float32)
+    np.add.at(summed, np.array(owners), encode(pieces))
+    return _normalise(summed)
 
 
 def split_windows(text: str, offsets: list[tuple[int, int]], window: int) -> list[str]:
@@ -148,24 +170,16 @@ class SentenceTransformerEmbedder:
         return split_windows(text, encoded["offset_mapping"], self.window)
 
     def embed_documents(self, texts: list[str]) -> np.ndarray:
-        pieces: list[str] = []
-        owners: list[int] = []
-        for i, text in enumerate(texts):
-            for piece in self.windows(text):
-                pieces.append(piece)
-                owners.append(i)
-        if not pieces:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        vectors = self._model.encode(
+        return embed_windowed(texts, self.windows, self._encode_pieces, self.dim)
+
+    def _encode_pieces(self, pieces: list[str]) -> np.ndarray:
+        return self._model.encode(
             pieces,
             batch_size=self._batch_size,
             normalize_embeddings=True,
             convert_to_numpy=True,
             show_progress_bar=False,
         )
-        summed = np.zeros((len(texts), self.dim), dtype=np.float32)
-        np.add.at(summed, np.array(owners), vectors)
-        return _normalise(summed)
 
     def embed_query(self, text: str) -> np.ndarray:
         return self._model.encode(
@@ -211,22 +225,17 @@ class OpenAIEmbedder:
         return approx_tokens(text)
 
     def embed_documents(self, texts: list[str]) -> np.ndarray:
-        pieces, owners = [], []
-        for i, text in enumerate(texts):
-            for start in range(0, max(len(text), 1), self._window_chars):
-                pieces.append(text[start : start + self._window_chars])
-                owners.append(i)
-        vectors = np.array(
-            [
-                v
-                for batch in range(0, len(pieces), 64)
-                for v in self._request(pieces[batch : batch + 64])
-            ],
-            dtype=np.float32,
-        )
-        summed = np.zeros((len(texts), self.dim), dtype=np.float32)
-        np.add.at(summed, np.array(owners), _normalise(vectors))
-        return _normalise(summed)
+        return embed_windowed(texts, self._windows, self._encode_pieces, self.dim)
+
+    def _windows(self, text: str) -> list[str]:
+        size = self._window_chars
+        return [text[start : start + size] for start in range(0, max(len(text), 1), size)]
+
+    def _encode_pieces(self, pieces: list[str]) -> np.ndarray:
+        vectors = [
+            v for at in range(0, len(pieces), 64) for v in self._request(pieces[at : at + 64])
+        ]
+        return _normalise(np.array(vectors, dtype=np.float32))
 
     def embed_query(self, text: str) -> np.ndarray:
         return _normalise(np.array(self._request([text]), dtype=np.float32))[0]

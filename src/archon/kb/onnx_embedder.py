@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from archon.errors import ConfigError
-from archon.kb.embeddings import split_windows
+from archon.kb.embeddings import embed_windowed, split_windows
 
 Precision = Literal["fp32", "int8"]
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -215,17 +215,7 @@ class OnnxEmbedder:
         return out
 
     def embed_documents(self, texts: list[str]) -> np.ndarray:
-        pieces: list[str] = []
-        owners: list[int] = []
-        for i, text in enumerate(texts):
-            for piece in self.windows(text):
-                pieces.append(piece)
-                owners.append(i)
-        if not pieces:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        summed = np.zeros((len(texts), self.dim), dtype=np.float32)
-        np.add.at(summed, np.array(owners), self._encode(pieces))
-        return summed / np.maximum(np.linalg.norm(summed, axis=1, keepdims=True), 1e-12)
+        return embed_windowed(texts, self.windows, self._encode, self.dim)
 
     def embed_query(self, text: str) -> np.ndarray:
         return self._encode([text])[0]

@@ -160,6 +160,8 @@ class Syncer:
         # must not mix chunks of two sizes or two kinds of indexed text.
         recorded = self.state.meta("chunking")
         rechunk = recorded != self.chunking and any(self.state.sources())
+        if recorded != self.chunking and not rechunk:
+            self.state.set_meta("chunking", self.chunking)  # a new store: nothing to re-chunk
         if rechunk:
             log.info("chunking changed (%s -> %s): re-chunking every file", recorded, self.chunking)
         for source in sources:
