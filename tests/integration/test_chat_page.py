@@ -132,7 +132,7 @@ class ChatPage:
 
     def __init__(self, page: Page):
         self.page = page
-        self.max_tokens = MAX_TOKENS
+        self.max_tokens: int | None = MAX_TOKENS  # None: as the page sent it
         self.ignore_eos = False  # True: the answer surely runs its max_tokens
         self.errors: list[str] = []
         self.requests: list[dict] = []
@@ -144,7 +144,7 @@ class ChatPage:
         body = request.post_data_json
         self.requests.append(body)
         limits = {
-            "max_tokens": self.max_tokens,
+            **({"max_tokens": self.max_tokens} if self.max_tokens is not None else {}),
             **({"ignore_eos": True} if self.ignore_eos else {}),
         }
         route.continue_(post_data=json.dumps({**body, **limits}))
@@ -530,6 +530,31 @@ def test_small_model_note_and_cap_notice(agent: Server, chat: ChatPage):
     assert sent["max_tokens"] == PAGE_MAX_TOKENS
     assert sent["stream_options"] == {"include_usage": True}
     assert chat.unexpected_errors() == []
+
+
+def test_a_key_with_a_lower_cap_gets_its_default(
+    tmp_path: Path, standin: FakeUpstream, kb: str, chat: ChatPage
+):
+    """The key may ask for at most 64 tokens: the page's 512 is refused, so it asks again
+    without max_tokens and the agent applies the key's default; the cut is told."""
+    keys = tmp_path / "keys.yaml"
+    keys.write_text("keys:\n  - name: capped\n    key: capkey\n    max_tokens: 64\n")
+    standin.reply = None  # "tok " until max_tokens, finish_reason "length"
+    agent = start_agent(tmp_path, standin.url, kb, ARCHON_AGENT_API_KEYS_FILE=str(keys))
+    chat.max_tokens = None
+    try:
+        chat.page.add_init_script("localStorage.setItem('archon.apiKey', 'capkey')")
+        chat.page.goto(f"{agent.url}/")
+        answer, state = chat.ask("What is Zorblax?")
+        assert state == "done", answer.inner_text()
+        expect(answer.get_by_test_id("cap-notice")).to_have_text(
+            "Answer cut at 64 tokens (max_tokens)."
+        )
+        assert [r.get("max_tokens") for r in chat.requests] == [PAGE_MAX_TOKENS, None]
+        assert standin.bodies[-1]["max_tokens"] == 64
+        assert chat.unexpected_errors("status of 400") == []
+    finally:
+        agent.stop()
 
 
 UI = Path(__file__).resolve().parents[2] / "src" / "archon" / "agent" / "ui"

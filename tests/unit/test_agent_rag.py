@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from archon.agent.answer_eval import is_refusal
 from archon.agent.auth import KeyRing, hash_key
 from archon.agent.rag import (
+    PREAMBLE,
+    REFUSAL,
+    RULES,
     SNIPPET_CHARS,
     ArchonOptions,
     augment,
@@ -43,6 +47,16 @@ def test_context_is_one_system_message_with_numbered_blocks() -> None:
     assert messages == [{"role": "user", "content": "How do I select series?"}]  # not mutated
 
 
+def test_the_rules_come_after_the_excerpts_nearest_the_question() -> None:
+    augmented, _ = augment([{"role": "user", "content": "q"}], [chunk(1), chunk(2)], 6000)
+    system = augmented[0]["content"]
+    assert system.startswith(PREAMBLE)
+    assert system.index("[1] prometheus") < system.index("[2] prometheus") < system.index(RULES)
+    assert system.endswith(RULES)
+    assert REFUSAL in RULES and "[1]" in RULES and "backticks" in RULES
+    assert is_refusal(REFUSAL)  # what the model is told to say counts as a refusal
+
+
 def test_an_existing_system_message_is_extended_not_duplicated() -> None:
     messages = [
         {"role": "system", "content": "You are terse."},
@@ -62,8 +76,8 @@ def test_context_budget_truncates_and_drops_chunks() -> None:
     augmented, sources = augment(
         [{"role": "user", "content": "q"}], [chunk(1, long)], max_chars=1200
     )
-    assert len(augmented[0]["content"]) < 1200 + 400
-    assert augmented[0]["content"].endswith("…")
+    assert len(augmented[0]["content"]) < 1200 + 800
+    assert "word …\n\nRules:" in augmented[0]["content"]
 
 
 def test_no_chunks_leaves_the_messages_alone() -> None:

@@ -74,6 +74,10 @@ def _measured_default() -> Sampling:
     )
 
 
+# The bundled 135M model: past about 120 tokens its answers wander off (docs/benchmarks.md).
+BUILT_IN_MODELS = {"smollm2-*": Sampling(max_tokens=128)}
+
+
 class GenerationSettings(BaseModel):
     """The agent's ``generation`` setting: ``default`` for every model (its fields over the
     measured ones), and ``models``: globs over the request's model name (``smollm2-*``), the
@@ -82,7 +86,7 @@ class GenerationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     default: Sampling = Field(default_factory=_measured_default)
-    models: dict[str, Sampling] = Field(default_factory=dict)
+    models: dict[str, Sampling] = Field(default_factory=lambda: dict(BUILT_IN_MODELS))
 
     @model_validator(mode="after")
     def _merged(self) -> GenerationSettings:

@@ -22,10 +22,20 @@ log = logging.getLogger("archon.agent")
 
 Outcome = Literal["used", "none", "degraded", "off"]
 
-INSTRUCTIONS = (
-    "Answer the user's question using the numbered context below where it is relevant. "
-    "Cite each piece of context you use by its number in square brackets, like [1]. "
-    "If the context does not answer the question, say so, then answer as best you can."
+# The prompt layout that the bundled 135M model followed best on the tuning half of
+# benchmarks/data/answers.jsonl (docs/benchmarks.md, "Answers"): a one-line role first, the
+# numbered excerpts, then the rules last, nearest to the question, each short and concrete.
+PREAMBLE = (
+    "You answer questions about software from its documentation. "
+    "Use only the documentation excerpts below."
+)
+REFUSAL = "The documentation does not cover this."
+RULES = (
+    "Rules:\n"
+    "- Answer in a few short sentences, from the excerpts only.\n"
+    "- When an excerpt gives a command, setting or flag, quote it exactly in backticks.\n"
+    "- Cite the excerpt you used by its number in square brackets, like [1].\n"
+    f'- If the excerpts do not answer the question, say: "{REFUSAL}"'
 )
 HEADING_SEPARATOR = " \u203a "  # a single right-pointing angle quote
 _CITATION = re.compile(r"\[(\d{1,3}(?:\s*,\s*\d{1,3})*)\]")  # [2] or [1, 3]
@@ -160,7 +170,13 @@ def augment(
         room -= len(header) + len(text) + 2
     if not sources:
         return messages, []
-    context = INSTRUCTIONS + "\n\nContext:\n\n" + "\n\n".join(blocks)
+    context = (
+        PREAMBLE
+        + "\n\nDocumentation excerpts:\n\n"
+        + "\n\n".join(blocks)
+        + "\n\n"
+        + RULES
+    )
     first = messages[0] if messages else None
     if isinstance(first, dict) and first.get("role") == "system":
         # One system message: many chat templates accept only one, and only first.
