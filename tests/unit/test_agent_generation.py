@@ -132,3 +132,18 @@ def test_a_bad_setting_is_one_line_naming_the_field(monkeypatch, value, message)
     assert "invalid setting generation (ARCHON_AGENT_GENERATION)" in text
     assert message in text
     assert "\n" not in text
+
+
+def test_the_operators_default_wins_over_built_in_model_values() -> None:
+    """A cap below the built-in smollm2 length, or an explicit default length, is the
+    operator's choice: it starts, and the bundled model follows it."""
+    from archon.agent.generation import GenerationSettings, parse_generation
+
+    capped = parse_generation('{"default": {"max_tokens": 12, "max_tokens_cap": 20}}')
+    assert isinstance(capped, GenerationSettings)
+    assert capped.for_model("smollm2-135m-instruct").max_tokens == 12
+    only_cap = parse_generation('{"default": {"max_tokens_cap": 20}}')
+    assert only_cap.for_model("smollm2-135m-instruct").max_tokens == 20
+    built_in = parse_generation("{}")
+    assert built_in.for_model("smollm2-135m-instruct").max_tokens == 128
+    assert built_in.for_model("llama-3-8b").max_tokens == 256

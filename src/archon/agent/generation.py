@@ -90,12 +90,32 @@ class GenerationSettings(BaseModel):
 
     @model_validator(mode="after")
     def _merged(self) -> GenerationSettings:
+        # What the operator wrote under default (nothing when the whole block is ours).
+        chosen = set(self.default.model_fields_set) if "default" in self.model_fields_set else set()
         self.default = self.default.over(_measured_default())
+        cap, length = self.default.max_tokens_cap, self.default.max_tokens
+        if "max_tokens" not in chosen and cap is not None and length is not None and length > cap:
+            self.default.max_tokens = cap  # our default length yields to the operator's cap
         self.default.check("default")
+        if "models" not in self.model_fields_set:
+            # Built-in per-model values are ours, not the operator's: a field the operator set
+            # under default wins over them, and the operator's cap bounds them.
+            self.models = {
+                glob: self._bounded(built_in, chosen) for glob, built_in in self.models.items()
+            }
         self.models = {glob: s.over(self.default) for glob, s in self.models.items()}
         for glob, merged in self.models.items():
             merged.check(f"models.{glob}")
         return self
+
+    def _bounded(self, built_in: Sampling, chosen: set[str]) -> Sampling:
+        values = {
+            k: v for k, v in built_in.model_dump(exclude_unset=True).items() if k not in chosen
+        }
+        cap = self.default.max_tokens_cap
+        if cap is not None and values.get("max_tokens") is not None:
+            values["max_tokens"] = min(values["max_tokens"], cap)
+        return Sampling(**values)
 
     def for_model(self, model: Any) -> Sampling:
         name = model if isinstance(model, str) else ""
