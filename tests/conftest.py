@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.fake_upstream import FakeUpstream
 from tests.support.servers import MAX_REQUEST_BYTES, MODEL, SLOTS, Server, start_server
 
 
@@ -32,3 +33,13 @@ def bundled_model_path() -> Path:
     from archon.modelserver.models import resolve
 
     return resolve(MODEL).path
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeUpstream]:
+    """A stand-in model server (tests/support/fake_upstream.py), one per test module."""
+    upstream = FakeUpstream()
+    try:
+        yield upstream
+    finally:
+        upstream.stop()

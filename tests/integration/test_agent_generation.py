@@ -35,15 +35,6 @@ def sdk(agent: Server, key: str = "unused") -> openai.OpenAI:
     return openai.OpenAI(base_url=agent.url + "/v1", api_key=key, max_retries=0, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeUpstream]:
-    upstream = FakeUpstream()
-    try:
-        yield upstream
-    finally:
-        upstream.stop()
-
-
 def test_the_stand_in_gets_the_defaults_the_requests_own_values_and_the_keys_caps(
     tmp_path: Path, fake: FakeUpstream
 ) -> None:

@@ -71,15 +71,6 @@ def metric(agent: Server, prefix: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeUpstream]:
-    upstream = FakeUpstream()
-    try:
-        yield upstream
-    finally:
-        upstream.stop()
-
-
-@pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory, fake: FakeUpstream) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("limits")
     agent = start_agent(

@@ -37,15 +37,6 @@ def secret(name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeUpstream]:
-    upstream = FakeUpstream()
-    try:
-        yield upstream
-    finally:
-        upstream.stop()
-
-
-@pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory, fake: FakeUpstream) -> Iterator[Server]:
     tmp: Path = tmp_path_factory.mktemp("overload")
     keys = tmp / "keys.yaml"

@@ -451,6 +451,33 @@ def test_changed_chunking_rechunks_every_file(tmp_path: Path, embedder) -> None:
     assert no_context.changed == 2
 
 
+def test_fusion_settings_reach_the_query(tmp_path: Path, embedder) -> None:
+    """dense_weight 1 leaves BM25 no share: hybrid ranks as dense does; a request's own
+    dense_weight wins over the setting, and rrf_k / fusion_candidates go into FusionParams."""
+    repo = make_repo(tmp_path, subset=["docs/federation.md", "docs/storage.md", "docs/querying"])
+    settings = KnowledgeBaseSettings(
+        sources=sources_file(tmp_path, repo),
+        data_dir=tmp_path / "data",
+        dense_weight=1.0,
+        rrf_k=10,
+        fusion_candidates=3,
+    )
+    kb = KnowledgeBase(settings, embedder)
+    try:
+        kb.sync()
+        text = "retention of the local time series database"
+
+        def ids(**kw: object) -> list[str]:
+            return [c["id"] for c in kb.query(text, top_k=8, **kw)]
+
+        assert ids(mode="hybrid") == ids(mode="dense")
+        assert ids(mode="hybrid", dense_weight=0.0) == ids(mode="bm25")
+        params = kb.fusion()
+        assert (params.rrf_k, params.candidates, params.dense_weight) == (10, 3, 1.0)
+    finally:
+        kb.close()
+
+
 def test_memory_index_ranks_like_qdrant(tmp_path: Path, embedder) -> None:
     """The in-memory index (used for embedded stores) agrees with Qdrant's own search."""
     from archon.kb.index import MemoryIndex
