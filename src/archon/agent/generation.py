@@ -171,11 +171,11 @@ def apply_generation(
             changed = True
     if asked or values.max_tokens is None:
         return changed
-    metered = key is not None and key.metered
-    if metered and key.default_max_tokens is not None:
+    metered = key if key is not None and key.metered else None
+    if metered is not None and metered.default_max_tokens is not None:
         return changed  # the key's own default is the more specific one
     length = values.max_tokens
-    if metered and key.max_tokens is not None:
-        length = min(length, key.max_tokens)
+    if metered is not None and metered.max_tokens is not None:
+        length = min(length, metered.max_tokens)
     data["max_tokens"] = length
     return True

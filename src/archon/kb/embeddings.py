@@ -141,8 +141,12 @@ class SentenceTransformerEmbedder:
                 ) from None
             dimension = getattr(model, "get_embedding_dimension", None)
             dimension = dimension or model.get_sentence_embedding_dimension
-            self.dim = int(dimension())
-            self.window = int(model.max_seq_length)
+            dim, window = dimension(), model.max_seq_length
+            if dim is None or window is None:
+                raise ConfigError(
+                    f"embedding_model {self.name!r}: it does not say its dimension and window"
+                )
+            self.dim, self.window = int(dim), int(window)
             self._loaded = model
         return self._loaded
 

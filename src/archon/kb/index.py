@@ -9,9 +9,10 @@ each sync, never per query; a Qdrant server (`qdrant` setting) is queried direct
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+from qdrant_client.models import SparseVector
 from scipy import sparse as sp
 
 from archon.kb import bm25
@@ -38,8 +39,8 @@ class MemoryIndex:
                 ids.append(str(point.id))
                 payloads.append(point.payload or {})
                 vectors = point.vector if isinstance(point.vector, dict) else {}
-                dense.append(vectors[DENSE])
-                term_vector = vectors.get(SPARSE)
+                dense.append(cast(list[float], vectors[DENSE]))
+                term_vector = cast(SparseVector | None, vectors.get(SPARSE))
                 if term_vector is not None:
                     for index, value in zip(term_vector.indices, term_vector.values, strict=True):
                         cols.append(columns.setdefault(index, len(columns)))
@@ -106,6 +107,7 @@ class MemoryIndex:
             return []
         mask = self._mask(sources, path_prefix)
         if mode == "dense":
+            assert dense is not None, "the dense and hybrid modes need the query's vector"
             scores = self.dense @ dense
             top = self._top(scores, mask, top_k)
             return [Hit(self.ids[i], float(scores[i]), self.payloads[i]) for i in top]
@@ -118,6 +120,7 @@ class MemoryIndex:
                 Hit(self.ids[i], float(lexical[i]), self.payloads[i]) for i in top if lexical[i] > 0
             ]
         depth = fusion.depth(top_k)
+        assert dense is not None, "the dense and hybrid modes need the query's vector"
         semantic = self.dense @ dense
         rankings = [[(int(i), float(semantic[i])) for i in self._top(semantic, mask, depth)]]
         if lexical is not None:

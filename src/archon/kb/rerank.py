@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 
@@ -47,7 +48,7 @@ class Reranker:
 
     def scores(self, query: str, documents: list[str]) -> list[float] | None:
         """One relevance score per document, or None when the reranker could not answer."""
-        body = {"model": self.model, "query": query, "documents": documents}
+        body: dict[str, Any] = {"model": self.model, "query": query, "documents": documents}
         body["top_n"] = len(documents)
         try:
             response = self._client.post(self.url + "/v1/rerank", json=body)

@@ -63,10 +63,10 @@ class ChunkStore:
             if not location.startswith(("http://", "https://")):
                 return  # embedded Qdrant filters without payload indexes
             for field, schema in (
-                ("source", "keyword"),
-                ("path", "keyword"),
-                ("prefixes", "keyword"),
-                ("position", "integer"),
+                ("source", models.PayloadSchemaType.KEYWORD),
+                ("path", models.PayloadSchemaType.KEYWORD),
+                ("prefixes", models.PayloadSchemaType.KEYWORD),
+                ("position", models.PayloadSchemaType.INTEGER),
             ):
                 self.client.create_payload_index(collection, field, field_schema=schema)
 
@@ -155,6 +155,7 @@ class ChunkStore:
         indices, values = bm25.query_vector(query_text)
         sparse = models.SparseVector(indices=indices, values=values)
         if mode == "dense":
+            assert dense is not None, "the dense and hybrid modes need the query's vector"
             result = self._call(
                 self.client.query_points,
                 self.collection,
@@ -179,6 +180,7 @@ class ChunkStore:
         else:
             # Both candidate lists, fused here: the same scores as the in-memory index, and the
             # weighted fusion Qdrant does not offer.
+            assert dense is not None, "the dense and hybrid modes need the query's vector"
             rankings, payloads = [], {}
             queries = [(dense.tolist(), DENSE)] + ([(sparse, SPARSE)] if indices else [])
             for query, using in queries:
