@@ -204,12 +204,15 @@ class KnowledgeBaseSettings(BaseSettings):
     embedding_url: str | None = Field(
         None, description="OpenAI-compatible /v1/embeddings base URL instead of the local model."
     )
-    embedding_backend: Literal["torch", "onnx", "onnx-int8"] = Field(
-        "onnx-int8",
-        description="How the local model runs: onnx-int8 (ONNX Runtime, int8 weights: 2.4x "
-        "torch's sync speed at equal retrieval quality, see docs/benchmarks.md), onnx (ONNX "
-        "Runtime, torch's exact vectors) or torch (sentence-transformers). A store keeps one "
-        "kind of vector: changing between int8 and the others needs `kb sync --reindex`.",
+    embedding_backend: Literal["auto", "torch", "torch-bf16", "onnx", "onnx-int8"] = Field(
+        "auto",
+        description="How the local model runs. auto: torch-bf16 on a CPU with bfloat16 "
+        "hardware (AMX or AVX-512 BF16), else onnx-int8; a store of int8 vectors stays int8. "
+        "torch-bf16: sentence-transformers with bf16 matrix products, fp32's vectors at 2.4x "
+        "onnx-int8's speed where the CPU has bf16 (emulated, slow, where it has not); onnx-int8: "
+        "ONNX Runtime, int8 weights (1.4x fp32); onnx: ONNX Runtime fp32; torch: "
+        "sentence-transformers fp32. A store keeps one kind of vector: changing between "
+        "onnx-int8 and the others needs `kb sync --reindex` (docs/benchmarks.md).",
     )
     host: str = "127.0.0.1"
     port: int = Field(8100, ge=0, le=65535)

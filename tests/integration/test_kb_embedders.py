@@ -1,6 +1,7 @@
-"""The ONNX Runtime backends of the local embedder against sentence-transformers (the reference),
-on real documentation text: same windows, same token counts, near-identical vectors; the export is
-made once and reused; a store keeps one kind of vector; a model it cannot run is refused."""
+"""The ONNX Runtime and bf16 backends of the local embedder against sentence-transformers fp32
+(the reference), on real documentation text: same windows, same token counts, near-identical
+vectors; the export is made once and reused; a store keeps one kind of vector (``auto`` keeps to
+the store's); a model it cannot run is refused."""
 
 from __future__ import annotations
 
@@ -57,6 +58,20 @@ def test_vectors_match_sentence_transformers(
     assert float((vectors @ vectors.T)[np.triu_indices(len(texts), 1)].min()) < least - 0.1
 
 
+def test_bf16_vectors_are_fp32_vectors(
+    texts: list[str], reference: SentenceTransformerEmbedder
+) -> None:
+    """Why torch-bf16 shares fp32's name and store: autocast keeps the layer norms in fp32, so
+    the pooled vectors agree to a cosine of 0.9999 (int8's are 0.97-0.99)."""
+    bf16 = SentenceTransformerEmbedder(bf16=True)
+    assert bf16.name == reference.name
+    docs = bf16.embed_documents(texts)
+    assert float((docs * reference.embed_documents(texts)).sum(axis=1).min()) >= 0.9999
+    query = "how do I compute the per-second rate of a counter?"
+    assert float(bf16.embed_query(query) @ reference.embed_query(query)) >= 0.9999
+    assert float((docs @ docs.T)[np.triu_indices(len(texts), 1)].min()) < 0.9
+
+
 def test_export_is_made_once_and_reused(cache: Path) -> None:
     OnnxEmbedder("all-MiniLM-L6-v2", MODEL, cache, precision="int8").embed_query("first")
     graphs = sorted(cache.rglob("*.onnx"))
@@ -81,6 +96,14 @@ def test_a_store_keeps_one_kind_of_vector(tmp_path: Path) -> None:
     fp32 = int8.model_copy(update={"data_dir": tmp_path / "kb2", "embedding_backend": "onnx"})
     KnowledgeBase(fp32).close()
     KnowledgeBase(fp32.model_copy(update={"embedding_backend": "torch"})).close()
+    KnowledgeBase(fp32.model_copy(update={"embedding_backend": "torch-bf16"})).close()
+    # auto keeps to what each store holds, on any CPU.
+    for data_dir, name in ((tmp_path / "kb", "@onnx-int8"), (tmp_path / "kb2", "")):
+        kb = KnowledgeBase(
+            int8.model_copy(update={"data_dir": data_dir, "embedding_backend": "auto"})
+        )
+        assert kb.embedder.name == "all-MiniLM-L6-v2" + name
+        kb.close()
 
 
 def test_a_model_it_cannot_run_is_refused(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import httpx
 import numpy as np
@@ -90,13 +90,51 @@ def _normalise(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
+Backend = Literal["auto", "torch", "torch-bf16", "onnx", "onnx-int8"]
+INT8_SUFFIX = "@onnx-int8"
+
+
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU multiplies bfloat16 in hardware (AMX or AVX-512 BF16). Without it torch
+    emulates bf16, several times slower than fp32; read from /proc/cpuinfo so that choosing
+    a backend does not import torch."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_backend(requested: Backend, recorded_model: str | None, native_bf16: bool) -> Backend:
+    """``auto``: bf16 where the CPU has it (2.4x onnx-int8's sync speed, fp32's vectors:
+    docs/benchmarks.md), else onnx-int8; but a store of int8 vectors keeps int8 and one of fp32
+    vectors gets them from the fastest fp32 backend, so that a store built on one node keeps
+    working on another."""
+    if requested != "auto":
+        return requested
+    if recorded_model is not None and recorded_model.endswith(INT8_SUFFIX):
+        return "onnx-int8"
+    if native_bf16:
+        return "torch-bf16"
+    return "onnx" if recorded_model is not None else "onnx-int8"
+
+
 class SentenceTransformerEmbedder:
     """A sentence-transformers model on the CPU, loaded on first use: a sync with nothing to
-    embed never pays for importing torch and loading the weights."""
+    embed never pays for importing torch and loading the weights. With ``bf16`` a batch's matrix
+    products run in bfloat16 (torch autocast; layer norms, and so the pooled output, stay fp32):
+    the vectors are fp32's to a cosine of 0.9999 (tests/integration/test_kb_embedders.py), so
+    they share fp32's name and store. One query is embedded in fp32: faster at that size."""
 
-    def __init__(self, model: str = "all-MiniLM-L6-v2", *, batch_size: int = 32):
+    def __init__(
+        self, model: str = "all-MiniLM-L6-v2", *, batch_size: int = 32, bf16: bool = False
+    ):
         path = bundled_model_path(model)
         self.name = model
+        self._bf16 = bf16
         self._path = path
         self._batch_size = batch_size
         self._loaded: Any = None
@@ -176,19 +214,24 @@ class SentenceTransformerEmbedder:
     def embed_documents(self, texts: list[str]) -> np.ndarray:
         return embed_windowed(texts, self.windows, self._encode_pieces, self.dim)
 
-    def _encode_pieces(self, pieces: list[str]) -> np.ndarray:
-        return self._model.encode(
-            pieces,
-            batch_size=self._batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+    def _encode_pieces(self, pieces: list[str], bf16: bool | None = None) -> np.ndarray:
+        model = self._model
+        import torch
+
+        with torch.autocast(
+            "cpu", dtype=torch.bfloat16, enabled=self._bf16 if bf16 is None else bf16
+        ):
+            vectors = model.encode(
+                pieces,
+                batch_size=self._batch_size,
+                normalize_embeddings=True,
+                convert_to_tensor=True,
+                show_progress_bar=False,
+            )
+        return vectors.float().numpy()
 
     def embed_query(self, text: str) -> np.ndarray:
-        return self._model.encode(
-            [text], normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-        )[0]
+        return self._encode_pieces([text], bf16=False)[0]
 
 
 class OpenAIEmbedder:

@@ -13,6 +13,8 @@ from archon.kb.embeddings import (
     OpenAIEmbedder,
     SentenceTransformerEmbedder,
     bundled_model_path,
+    cpu_has_native_bf16,
+    resolve_backend,
 )
 from archon.kb.fusion import Fusion, FusionParams, Mode, Searcher
 from archon.kb.index import MemoryIndex
@@ -23,18 +25,21 @@ from archon.kb.sync import State, Syncer, SyncReport, check_embedder
 from archon.settings import KnowledgeBaseSettings
 
 
-def make_embedder(settings: KnowledgeBaseSettings) -> Embedder:
+def make_embedder(settings: KnowledgeBaseSettings, recorded_model: str | None = None) -> Embedder:
+    """The configured embedder; ``recorded_model`` is what the store was built with (the
+    ``auto`` backend keeps to it)."""
     if settings.embedding_url:
         return OpenAIEmbedder(settings.embedding_url, settings.embedding_model)
-    if settings.embedding_backend == "torch":
-        return SentenceTransformerEmbedder(settings.embedding_model)
+    backend = resolve_backend(settings.embedding_backend, recorded_model, cpu_has_native_bf16())
+    if backend in ("torch", "torch-bf16"):
+        return SentenceTransformerEmbedder(settings.embedding_model, bf16=backend == "torch-bf16")
     from archon.kb.onnx_embedder import OnnxEmbedder
 
     return OnnxEmbedder(
         settings.embedding_model,
         Path(bundled_model_path(settings.embedding_model)),
         settings.data_dir / "models",
-        precision="int8" if settings.embedding_backend == "onnx-int8" else "fp32",
+        precision="int8" if backend == "onnx-int8" else "fp32",
     )
 
 
@@ -47,10 +52,10 @@ class KnowledgeBase:
         reindex: bool = False,
     ):
         self.settings = settings
-        self.embedder = embedder or make_embedder(settings)
         self.state = State(settings.data_dir / "state.db")
         if reindex:
             self._reset()
+        self.embedder = embedder or make_embedder(settings, self.state.meta("embedding_model"))
         check_embedder(self.state, self.embedder)
         self.store = ChunkStore(settings.store_location, settings.collection, self.embedder.dim)
         self.syncer = Syncer(

@@ -278,8 +278,8 @@ def check_embedder(state: State, embedder: Embedder) -> None:
             "configured; re-index with `archon kb sync --reindex` (rebuilds every chunk) or set "
             f"embedding_model back to {recorded.split('@')[0]}"
             + (
-                " and embedding_backend=onnx-int8"
+                " and embedding_backend=onnx-int8 (or auto)"
                 if recorded.endswith("@onnx-int8")
-                else " and embedding_backend=onnx (or torch)"
+                else " and embedding_backend=auto (or torch-bf16, onnx, torch)"
             )
         )
