@@ -19,7 +19,7 @@ def test_text_parts_are_joined() -> None:
             }
         ],
     )
-    assert req.messages[0].text(0) == "ab"
+    assert req.messages[0].text(0) == "a\nb"  # as vLLM joins them (archon.openai.messages)
 
 
 def test_unknown_fields_are_refused() -> None:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from archon.errors import InvalidRequestError
 from archon.kb.query import Filters
+from archon.openai.messages import content_text
 
 log = logging.getLogger("archon.agent")
 
@@ -73,19 +74,8 @@ class ArchonOptions(BaseModel):
 
 
 def message_text(message: Any) -> str:
-    """The text of a chat message whose content is a string or a list of parts."""
-    if not isinstance(message, dict):
-        return ""
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(
-            str(part.get("text", ""))
-            for part in content
-            if isinstance(part, dict) and part.get("type") == "text"
-        )
-    return ""
+    """The text of a chat message (archon.openai.messages: the one rule for parts)."""
+    return content_text(message.get("content")) if isinstance(message, dict) else ""
 
 
 def retrieval_query(messages: list[Any], history_turns: int, max_chars: int = 1000) -> str:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from archon.errors import InvalidRequestError
+from archon.openai.messages import content_text, unsupported_part
 
 # The spec's fields that change nothing for a self-hosted model; logged once when first seen.
 NO_OP_FIELDS = (
@@ -82,22 +83,16 @@ class ChatMessage(_Lenient):
     audio: dict[str, Any] | None = None
 
     def text(self, index: int) -> str:
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        parts = []
-        for j, part in enumerate(self.content):
-            if part.type == "text" and part.text is not None:
-                parts.append(part.text)
-            elif part.type == "refusal" and part.refusal is not None:
-                parts.append(part.refusal)
-            else:
-                raise InvalidRequestError(
-                    f"Content part type '{part.type}' is not supported; only 'text' parts are",
-                    param=f"messages[{index}].content[{j}].type",
-                )
-        return "".join(parts)
+        if self.content is None or isinstance(self.content, str):
+            return content_text(self.content)
+        parts = [part.model_dump() for part in self.content]
+        bad = unsupported_part(parts)
+        if bad is not None:
+            raise InvalidRequestError(
+                f"Content part type '{parts[bad]['type']}' is not supported; only 'text' parts are",
+                param=f"messages[{index}].content[{bad}].type",
+            )
+        return content_text(parts)
 
 
 class FunctionDefinition(_Strict):
