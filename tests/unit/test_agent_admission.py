@@ -16,20 +16,15 @@ from archon.agent.auth import ApiKey
 from archon.agent.metrics import AgentMetrics
 from archon.agent.upstreams import Lease, UpstreamPool
 from archon.errors import InvalidRequestError, ModelNotAllowedError, ServiceUnavailableError
+from archon.service import new_registry
+from tests.support.pools import healthy_pool
 
 
 def setup(
     upstreams: int = 2, concurrency: int = 1, size: int = 4, timeout: float = 5.0
 ) -> tuple[UpstreamPool, Admission, AgentMetrics]:
-    pool = UpstreamPool(
-        [f"http://u{i}:8000" for i in range(1, upstreams + 1)],
-        health_interval=5,
-        check_timeout=1,
-        affinity=False,
-    )
-    for up in pool.upstreams:
-        up.healthy, up.models, up.error = True, ("m",), None
-    metrics = AgentMetrics(pool, None)
+    pool = healthy_pool(upstreams, affinity=False)
+    metrics = AgentMetrics(new_registry(), pool, None)
     admission = Admission(
         pool,
         QueuePolicy(concurrency, size, {"interactive": timeout, "batch": timeout}),

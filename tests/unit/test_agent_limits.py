@@ -20,6 +20,7 @@ from archon.errors import (
     QuotaExceededError,
     RateLimitError,
 )
+from archon.service import new_registry
 
 # 2025-03-31 23:59:00 UTC: a minute, a day and a month end 60 s later.
 T0 = datetime(2025, 3, 31, 23, 59, 0, tzinfo=UTC).timestamp()
@@ -65,7 +66,8 @@ class Clock:
 def limiter(clock: Clock) -> Limiter:
     pool = UpstreamPool(["http://u1:8000"], health_interval=5, check_timeout=1, affinity=False)
     pool.upstreams[0].healthy, pool.upstreams[0].models = True, ("small-1", "big")
-    return Limiter(MemoryBackend(), AgentMetrics(pool, None), pool, fail_closed=False, clock=clock)
+    metrics = AgentMetrics(new_registry(), pool, None)
+    return Limiter(MemoryBackend(), metrics, pool, fail_closed=False, clock=clock)
 
 
 def run(coro):

@@ -14,18 +14,11 @@ from archon.agent.routing import AFFINITY_SLACK, Router, Signals, parse_signals
 from archon.agent.upstreams import UpstreamPool
 from archon.errors import ConfigError, ModelNotFoundError, ServiceUnavailableError
 from archon.settings import load_agent_settings
+from tests.support.pools import healthy_pool
 
 
 def pool(n: int, affinity: bool = True) -> UpstreamPool:
-    p = UpstreamPool(
-        [f"http://u{i}:8000" for i in range(1, n + 1)],
-        health_interval=5,
-        check_timeout=1,
-        affinity=affinity,
-    )
-    for up in p.upstreams:
-        up.healthy, up.models, up.error = True, ("m",), None
-    return p
+    return healthy_pool(n, affinity=affinity)
 
 
 def test_least_busy_first_and_idle_ones_share_the_load() -> None:

@@ -15,19 +15,17 @@ import aiohttp
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from archon import __version__
 from archon.agent.admission import make_admission
 from archon.agent.auth import ApiKey, KeyRing
 from archon.agent.gateway import Gateway
-from archon.agent.limits import Limiter, make_backend
+from archon.agent.limits import Limiter
 from archon.agent.metrics import AgentMetrics
 from archon.agent.rag import KnowledgeBaseClient
 from archon.agent.routing import Router
 from archon.agent.upstreams import UpstreamPool
-from archon.errors import ArchonError, install_error_handlers
-from archon.http import BodyLimitMiddleware
+from archon.errors import ArchonError
+from archon.service import Lifecycle, new_registry, service_app
 from archon.settings import AgentSettings
 
 log = logging.getLogger("archon.agent")
@@ -51,27 +49,24 @@ def create_app(settings: AgentSettings) -> FastAPI:
         headers=upstream_headers,
         router=Router(settings.routing, settings.affinity),
     )
+    # The one HTTP session to the model servers and the knowledge base: aiohttp binds it to
+    # the running event loop, so it can only be opened in lifespan.
+    http: Lifecycle[aiohttp.ClientSession] = Lifecycle()
     kb = (
         KnowledgeBaseClient(
             settings.kb_url,
             settings.kb_timeout,
-            session=None,  # type: ignore[arg-type]  # set in lifespan, on the running loop
+            http=http,
             retry_after=settings.health_interval,
         )
         if settings.kb_url
         else None
     )
-    metrics = AgentMetrics(pool, kb)
+    metrics = AgentMetrics(new_registry(), pool, kb)
     limiter: Limiter | None = None
     if keys.metered:
-        redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
-
-        def backend_failed(operation: str, exc: BaseException) -> None:
-            assert limiter is not None
-            limiter.backend_failed(operation, exc)
-
-        limiter = Limiter(
-            make_backend(redis_url, backend_failed),
+        limiter = Limiter.connect(
+            settings.redis_url.get_secret_value() if settings.redis_url else None,
             metrics,
             pool,
             fail_closed=settings.limits_fail_closed,
@@ -87,10 +82,9 @@ def create_app(settings: AgentSettings) -> FastAPI:
     )
     if admission is not None:
         metrics.pool_gauges.queue_depth = admission.depth
-    gateway = Gateway(settings, pool, kb, metrics, limiter, admission)
+    gateway = Gateway(settings, pool, http, kb, metrics, limiter, admission)
 
-    async def watch_kb() -> None:
-        assert kb is not None
+    async def watch_kb(kb: KnowledgeBaseClient) -> None:
         while True:
             await kb.check()
             await asyncio.sleep(settings.health_interval)
@@ -101,7 +95,7 @@ def create_app(settings: AgentSettings) -> FastAPI:
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
             auto_decompress=False,
         )
-        gateway.session = session
+        http.ready(session)
         await pool.start(session)
         if limiter is not None:
             await limiter.backend.start()
@@ -112,8 +106,7 @@ def create_app(settings: AgentSettings) -> FastAPI:
             )
         kb_task = None
         if kb is not None:
-            kb.session = session
-            kb_task = asyncio.create_task(watch_kb(), name="kb-health")
+            kb_task = asyncio.create_task(watch_kb(kb), name="kb-health")
         for up in pool.upstreams:
             state = "healthy" if up.healthy else f"unhealthy ({up.error})"
             log.info("upstream %s: %s", up.url, state)
@@ -133,9 +126,33 @@ def create_app(settings: AgentSettings) -> FastAPI:
                 await limiter.backend.close()
             await session.close()
 
-    app = FastAPI(title="Archon agent", version=__version__, lifespan=lifespan)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
-    install_error_handlers(app)
+    async def before_scrape() -> None:
+        if limiter is not None:
+            metrics.budgets = await limiter.budgets(keys.metered)
+
+    async def ready() -> JSONResponse:
+        any_healthy = any(up.healthy for up in pool.upstreams)
+        if kb is None:
+            kb_state: dict[str, Any] = {"url": None, "status": "off"}
+        else:
+            status = "unknown" if kb.up is None else ("up" if kb.up else "down")
+            kb_state = {"url": kb.url, "status": status, "error": kb.error}
+        body = {
+            "status": "ready" if any_healthy else "unavailable",
+            "upstreams": pool.status(),
+            "knowledge_base": kb_state,
+            "auth": keys.enabled,
+        }
+        return JSONResponse(body, status_code=200 if any_healthy else 503)
+
+    app = service_app(
+        "Archon agent",
+        registry=metrics.registry,
+        max_request_bytes=settings.max_request_bytes,
+        lifespan=lifespan,
+        ready=ready,
+        before_scrape=before_scrape,
+    )
 
     def api(route: str) -> Callable[..., Any]:
         """Wrap an endpoint of the OpenAI API: authentication first, errors counted."""
@@ -190,32 +207,6 @@ def create_app(settings: AgentSettings) -> FastAPI:
             "backend": limiter.backend.kind if limiter is not None else None,
             "data": await limiter.report(visible) if limiter is not None else [],
         }
-
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/ready")
-    async def ready() -> JSONResponse:
-        any_healthy = any(up.healthy for up in pool.upstreams)
-        if kb is None:
-            kb_state: dict[str, Any] = {"url": None, "status": "off"}
-        else:
-            status = "unknown" if kb.up is None else ("up" if kb.up else "down")
-            kb_state = {"url": kb.url, "status": status, "error": kb.error}
-        body = {
-            "status": "ready" if any_healthy else "unavailable",
-            "upstreams": pool.status(),
-            "knowledge_base": kb_state,
-            "auth": keys.enabled,
-        }
-        return JSONResponse(body, status_code=200 if any_healthy else 503)
-
-    @app.get("/metrics")
-    async def prometheus_metrics() -> Response:
-        if limiter is not None:
-            metrics.budgets = await limiter.budgets(keys.metered)
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     if (UI_DIR / "index.html").is_file():
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -83,9 +84,10 @@ class _BudgetGauges(Collector):
 
 
 class AgentMetrics:
-    def __init__(self, pool: UpstreamPool, kb: KnowledgeBaseClient | None):
-        disable_created_metrics()
-        self.registry = CollectorRegistry()
+    def __init__(
+        self, registry: CollectorRegistry, pool: UpstreamPool, kb: KnowledgeBaseClient | None
+    ):
+        self.registry = registry
         r = self.registry
         self.request_seconds = Histogram(
             "archon_agent_request_duration_seconds",
@@ -172,3 +174,8 @@ class AgentMetrics:
         self.pool_gauges = _PoolGauges(pool, kb)
         r.register(self.pool_gauges)
         r.register(_BudgetGauges(self))
+
+    def observe(self, route: str, status: int, began: float) -> None:
+        """One answered request: its duration since ``began`` (perf_counter) and status."""
+        self.request_seconds.labels(route).observe(time.perf_counter() - began)
+        self.requests.labels(route, str(status)).inc()

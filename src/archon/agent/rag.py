@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from archon.errors import InvalidRequestError
 from archon.kb.query import Filters
 from archon.openai.messages import content_text
+from archon.service import Lifecycle
 
 log = logging.getLogger("archon.agent")
 
@@ -190,7 +191,7 @@ class RetrievalError(Exception):
 class KnowledgeBaseClient:
     url: str
     timeout: float
-    session: aiohttp.ClientSession
+    http: Lifecycle[aiohttp.ClientSession]  # the agent's session, open once it serves
     retry_after: float = 5.0  # after a failure, answer without context this long, then retry
     up: bool | None = None  # last seen state, for /ready
     error: str | None = None
@@ -207,7 +208,7 @@ class KnowledgeBaseClient:
             body["filters"] = filters.model_dump(exclude_none=True)
         began = time.perf_counter()
         try:
-            async with self.session.post(
+            async with self._session().post(
                 self.url + "/query", json=body, timeout=aiohttp.ClientTimeout(total=self.timeout)
             ) as resp:
                 if resp.status != 200:
@@ -229,7 +230,7 @@ class KnowledgeBaseClient:
 
     async def check(self) -> None:
         try:
-            async with self.session.get(
+            async with self._session().get(
                 self.url + "/ready", timeout=aiohttp.ClientTimeout(total=self.timeout)
             ) as resp:
                 if resp.status == 200:
@@ -238,6 +239,9 @@ class KnowledgeBaseClient:
                     self._down(f"/ready answered {resp.status}")
         except (TimeoutError, aiohttp.ClientError) as exc:
             self._down(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+    def _session(self) -> aiohttp.ClientSession:
+        return self.http.require("the agent is starting", "agent_starting")
 
     def _up(self) -> None:
         if self.up is False:

@@ -11,6 +11,10 @@ read are added to the waiting count so that a burst does not all land on the las
 In every policy an upstream that answered 503 goes last for ``BUSY_BACKOFF`` seconds, and with
 affinity on a conversation stays on its rendezvous-hashed upstream (its prefix cache holds the
 earlier turns) unless that one is clearly busier (``AFFINITY_SLACK``): the tie-breaker.
+
+This is the whole failover policy: `Router.candidates` is the order a request tries the
+upstreams in; archon.agent.failover walks it, before the first byte, on a refused connection
+or a 503.
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ import hashlib
 import itertools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from archon.errors import ModelNotFoundError, ServiceUnavailableError
 
 if TYPE_CHECKING:
     from archon.agent.upstreams import Upstream
@@ -125,6 +132,29 @@ class Router:
             for n, value in enumerate(part):
                 totals[n] += weight * value
         return totals
+
+    def candidates(
+        self,
+        upstreams: list[Upstream],
+        model: str | None,
+        conversation: str | None,
+        limit: int,
+        no_upstream: Callable[[], str],
+    ) -> list[Upstream]:
+        """The upstreams to try for a request, in order: healthy, serving ``model``, ordered by
+        the policy; a 503 (``no_upstream()`` says why) or a 404 when there is none."""
+        healthy = [up for up in upstreams if up.healthy]
+        if not healthy:
+            raise ServiceUnavailableError(no_upstream(), code="no_healthy_upstream")
+        serving = [up for up in healthy if up.serves(model)]
+        if not serving:
+            available = sorted({m for up in healthy for m in (up.models or ())})
+            raise ModelNotFoundError(
+                f"The model '{model}' does not exist on any model server; available: "
+                + ", ".join(available),
+                param="model",
+            )
+        return self.order(serving, conversation, limit)
 
     def order(
         self, serving: list[Upstream], conversation: str | None, limit: int = 0

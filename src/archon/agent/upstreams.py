@@ -19,7 +19,7 @@ import aiohttp
 
 from archon.agent.discovery import DnsTarget, Resolver, is_dns, system_resolver
 from archon.agent.routing import Router, Signals, parse_signals
-from archon.errors import ModelNotFoundError, ServiceUnavailableError
+from archon.service import Lifecycle
 
 log = logging.getLogger("archon.agent")
 
@@ -122,13 +122,13 @@ class UpstreamPool:
         self.headers = headers or {}
         self.on_change: Callable[[], None] | None = None  # after each round (admission)
         self.on_release: Callable[[], None] | None = None  # given to every upstream's leases
-        self._session: aiohttp.ClientSession | None = None
+        self._http: Lifecycle[aiohttp.ClientSession] = Lifecycle()  # ready once started
         self._loop_task: asyncio.Task[None] | None = None
         self._recheck: asyncio.Task[None] | None = None
         self._last_recheck = 0.0
 
     async def start(self, session: aiohttp.ClientSession) -> None:
-        self._session = session
+        self._http.ready(session)
         await self.check_all()
         self._loop_task = asyncio.create_task(self._loop(), name="upstream-health")
 
@@ -185,11 +185,11 @@ class UpstreamPool:
                 self.upstreams.append(up)
 
     async def check(self, up: Upstream) -> None:
-        assert self._session is not None
+        session = self._session()
         timeout = aiohttp.ClientTimeout(total=self.check_timeout)
         was = up.healthy
         try:
-            async with self._session.get(
+            async with session.get(
                 up.url + "/health", timeout=timeout, headers=self.headers
             ) as resp:
                 if resp.status != 200:
@@ -210,9 +210,8 @@ class UpstreamPool:
     async def _models(
         self, up: Upstream, timeout: aiohttp.ClientTimeout
     ) -> tuple[tuple[str, ...] | None, list[dict[str, Any]]]:
-        assert self._session is not None
         try:
-            async with self._session.get(
+            async with self._session().get(
                 up.url + "/v1/models", timeout=timeout, headers=self.headers
             ) as resp:
                 if resp.status != 200:
@@ -224,9 +223,8 @@ class UpstreamPool:
 
     async def _signals(self, up: Upstream, timeout: aiohttp.ClientTimeout) -> Signals | None:
         """The load figures of ``up``'s /metrics; None when it has none (or no /metrics)."""
-        assert self._session is not None
         try:
-            async with self._session.get(
+            async with self._session().get(
                 up.url + "/metrics", timeout=timeout, headers=self.headers
             ) as resp:
                 if resp.status != 200:
@@ -235,6 +233,9 @@ class UpstreamPool:
             return parse_signals(text, up.in_flight, time.monotonic())
         except (TimeoutError, aiohttp.ClientError, ValueError):
             return None
+
+    def _session(self) -> aiohttp.ClientSession:
+        return self._http.require("the agent is starting", "agent_starting")
 
     def lease(self, up: Upstream) -> Lease:
         """Count a request on ``up`` until the lease is released (see Lease)."""
@@ -274,19 +275,10 @@ class UpstreamPool:
     def candidates(
         self, model: str | None, conversation: str | None, limit: int = 0
     ) -> list[Upstream]:
-        """Healthy upstreams serving ``model``, in the order to try them."""
-        healthy = [up for up in self.upstreams if up.healthy]
-        if not healthy:
-            raise ServiceUnavailableError(self.no_upstream_message(), code="no_healthy_upstream")
-        serving = [up for up in healthy if up.serves(model)]
-        if not serving:
-            available = sorted({m for up in healthy for m in (up.models or ())})
-            raise ModelNotFoundError(
-                f"The model '{model}' does not exist on any model server; available: "
-                + ", ".join(available),
-                param="model",
-            )
-        return self.router.order(serving, conversation, limit)
+        """Healthy upstreams serving ``model``, in the order to try them (the router decides)."""
+        return self.router.candidates(
+            self.upstreams, model, conversation, limit, self.no_upstream_message
+        )
 
     def no_upstream_message(self) -> str:
         details = "; ".join(

@@ -98,25 +98,21 @@ def create_app(
             if state.value is not None:
                 state.value.close()
 
+    async def ready() -> JSONResponse:
+        if state.value is None:
+            return JSONResponse({"status": "loading", "error": state.error}, status_code=503)
+        return JSONResponse({"status": "ready", "syncing": state.value.syncing})
+
     app = service_app(
         "Archon knowledge base",
         registry=registry,
         max_request_bytes=settings.max_request_bytes,
         lifespan=lifespan,
+        ready=ready,
     )
 
     def require() -> KnowledgeBase:
         return state.require("the knowledge base is still loading", "kb_loading")
-
-    @app.get("/health")
-    async def health() -> JSONResponse:
-        return JSONResponse({"status": "ok"})
-
-    @app.get("/ready")
-    async def ready() -> JSONResponse:
-        if state.value is None:
-            return JSONResponse({"status": "loading", "error": state.error}, status_code=503)
-        return JSONResponse({"status": "ready", "syncing": state.value.syncing})
 
     @app.post("/query")
     async def query(request: Request) -> JSONResponse:

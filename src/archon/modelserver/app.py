@@ -9,11 +9,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
 
-from archon import __version__
-from archon.errors import ConfigError, install_error_handlers
-from archon.http import BodyLimitMiddleware, parse_json_body, run_unless_client_leaves
+from archon.errors import ConfigError
+from archon.http import parse_json_body, run_unless_client_leaves
 from archon.modelserver import models, tokenization
 from archon.modelserver.metrics import ModelServerMetrics
 from archon.modelserver.preparation import Prepared, RequestPreparer
@@ -21,6 +19,7 @@ from archon.modelserver.runtime import EngineFactory, ModelRuntime, llamacpp_fac
 from archon.modelserver.schemas import ChatCompletionRequest, CompletionRequest
 from archon.modelserver.serving import CompletionService
 from archon.openai.sse import SSE_HEADERS
+from archon.service import new_registry, service_app
 from archon.settings import ModelServerSettings
 
 
@@ -35,7 +34,7 @@ def create_app(
     model = model or models.resolve(settings.llm_model)
     served_name = settings.served_model_name or model.default_name
     runtime = ModelRuntime(settings, model, served_name, engine_factory, on_fatal)
-    metrics = ModelServerMetrics(served_name, runtime.stats)
+    metrics = ModelServerMetrics(new_registry(), served_name, runtime.stats)
     preparer = RequestPreparer(runtime)
     service = CompletionService(runtime, metrics)
 
@@ -47,17 +46,28 @@ def create_app(
         finally:
             runtime.close()
 
-    # The *_created series only add noise next to vLLM's metric set.
-    disable_created_metrics()
-    app = FastAPI(title="Archon model server", version=__version__, lifespan=lifespan)
-    app.state.runtime = runtime
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
-    install_error_handlers(app)
+    async def before_scrape() -> None:
+        metrics.model_ready.labels(served_name).set(1.0 if runtime.health().ready else 0.0)
+        progress = runtime.progress
+        if progress is not None and progress.fraction is not None:
+            metrics.download_progress.labels(served_name).set(progress.fraction)
+        elif runtime.phase == "ready":
+            metrics.download_progress.labels(served_name).set(1.0)
 
-    @app.get("/health")
     async def health() -> JSONResponse:
+        # vLLM's contract: /health is 200 only once the model serves (no separate /ready).
         report = runtime.health()
         return JSONResponse(report.body, status_code=200 if report.ready else 503)
+
+    app = service_app(
+        "Archon model server",
+        registry=metrics.registry,
+        max_request_bytes=settings.max_request_bytes,
+        lifespan=lifespan,
+        health=health,
+        before_scrape=before_scrape,
+    )
+    app.state.runtime = runtime
 
     @app.get("/v1/models")
     async def list_models() -> dict[str, Any]:
@@ -72,16 +82,6 @@ def create_app(
             "ready": runtime.phase == "ready",
         }
         return {"object": "list", "data": [card]}
-
-    @app.get("/metrics")
-    async def prometheus_metrics() -> Response:
-        metrics.model_ready.labels(served_name).set(1.0 if runtime.health().ready else 0.0)
-        progress = runtime.progress
-        if progress is not None and progress.fraction is not None:
-            metrics.download_progress.labels(served_name).set(progress.fraction)
-        elif runtime.phase == "ready":
-            metrics.download_progress.labels(served_name).set(1.0)
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def respond(prepared: Prepared, request: Request) -> Response:
         if prepared.stream:

@@ -121,8 +121,13 @@ class _EngineGauges(Collector):
 
 
 class ModelServerMetrics:
-    def __init__(self, model_name: str, stats: Callable[[], EngineStats | None]):
-        self.registry = CollectorRegistry()
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        model_name: str,
+        stats: Callable[[], EngineStats | None],
+    ):
+        self.registry = registry
         self.model_name = model_name
         labels = ["model_name"]
         r = self.registry

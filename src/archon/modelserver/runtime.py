@@ -11,17 +11,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from archon.errors import ConfigError, ModelLoadError, ServiceUnavailableError
 from archon.modelserver.engines.base import Engine, EngineDead, EngineStats
 from archon.modelserver.models import ResolvedModel
 from archon.modelserver.progress import Progress
+from archon.service import Lifecycle, Phase
 from archon.settings import ModelServerSettings
 
 log = logging.getLogger("archon.modelserver")
 
-Phase = Literal["starting", "downloading", "loading", "ready", "failed"]
 EngineFactory = Callable[[ResolvedModel, ModelServerSettings], Engine]
 
 
@@ -50,6 +50,9 @@ class HealthReport:
 
 
 class ModelRuntime:
+    """The engine in the service kit's `Lifecycle`, plus what only a model has: the download's
+    byte counts (for /health and the progress gauge) and an engine loop that can die."""
+
     def __init__(
         self,
         settings: ModelServerSettings,
@@ -63,10 +66,8 @@ class ModelRuntime:
         self.served_name = served_name
         self._factory = factory
         self._on_fatal = on_fatal or (lambda _exc: None)
-        self.phase: Phase = "starting"
+        self.state: Lifecycle[Engine] = Lifecycle()
         self.progress: Progress | None = None
-        self.error: str | None = None
-        self.engine: Engine | None = None
         self.started = time.monotonic()
         self._thread: threading.Thread | None = None
 
@@ -77,22 +78,22 @@ class ModelRuntime:
     def _load(self) -> None:
         try:
             if self.model.download is not None:
-                self.phase = "downloading"
+                self.state.downloading()
                 self.model.download.fetch(
                     on_progress=self._set_progress,
                     log_interval=self.settings.download_log_interval,
                 )
-            self.phase = "loading"
+            self.state.loading()
             log.info("loading %s from %s", self.model.reference, self.model.path)
             began = time.monotonic()
-            self.engine = self._factory(self.model, self.settings)
-            self.phase = "ready"
+            engine = self._factory(self.model, self.settings)
+            self.state.ready(engine)
             log.info(
                 "model %s ready in %.1fs (max_model_len=%d, parallel=%d)",
                 self.served_name,
                 time.monotonic() - began,
-                self.engine.max_model_len,
-                self.engine.slots,
+                engine.max_model_len,
+                engine.slots,
             )
         except ConfigError as exc:
             self._fail(exc)
@@ -104,9 +105,16 @@ class ModelRuntime:
         self.progress = progress
 
     def _fail(self, exc: ConfigError) -> None:
-        self.phase = "failed"
-        self.error = str(exc)
+        self.state.failed(str(exc))
         self._on_fatal(exc)
+
+    @property
+    def phase(self) -> Phase:
+        return self.state.phase
+
+    @property
+    def engine(self) -> Engine | None:
+        return self.state.value
 
     def stats(self) -> EngineStats | None:
         return self.engine.stats() if self.engine is not None else None
@@ -129,12 +137,13 @@ class ModelRuntime:
 
     def health(self) -> HealthReport:
         base = {"model": self.served_name, "phase": self.phase}
-        if self.phase == "ready" and self.engine is not None:
-            if self.engine.alive:
+        engine = self.engine
+        if self.phase == "ready" and engine is not None:
+            if engine.alive:
                 return HealthReport(True, {"status": "ok", **base})
             return HealthReport(False, {"status": "error", **base, "detail": "engine loop died"})
         if self.phase == "failed":
-            return HealthReport(False, {"status": "error", **base, "detail": self.error})
+            return HealthReport(False, {"status": "error", **base, "detail": self.state.error})
         body: dict[str, Any] = {"status": "loading", **base}
         body["elapsed_s"] = round(time.monotonic() - self.started, 1)
         if self.progress is not None:
