@@ -198,7 +198,7 @@ def test_ports_service_ingress_and_servicemonitor_agree() -> None:
 def test_configmap_and_secret_reach_the_agent_as_its_settings(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from archon.settings import AgentSettings
+    from archon.agent.settings import AgentSettings
 
     docs = agent_docs()
     pod, container = agent_pod(docs)
@@ -254,7 +254,7 @@ def test_the_redis_overlay_shares_limits_between_the_replicas(
 ) -> None:
     """manifests/overlays/agent-redis: redis_url names its Service, the agent may reach Redis
     and only the agent may, and the settings parse."""
-    from archon.settings import AgentSettings
+    from archon.agent.settings import AgentSettings
 
     docs = kustomize(ROOT / "manifests/overlays/agent-redis")
     for doc in docs:

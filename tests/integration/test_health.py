@@ -7,7 +7,7 @@ import time
 from fastapi.testclient import TestClient
 
 from archon.modelserver.app import create_app
-from archon.settings import ModelServerSettings
+from archon.modelserver.settings import ModelServerSettings
 
 
 def test_health_turns_503_when_the_engine_loop_dies() -> None:

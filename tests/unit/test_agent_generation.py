@@ -6,8 +6,8 @@ import pytest
 
 from archon.agent.auth import ApiKey
 from archon.agent.generation import GenerationSettings, apply_generation, parse_generation
+from archon.agent.settings import load_agent_settings
 from archon.errors import ConfigError
-from archon.settings import load_agent_settings
 
 SETTINGS = parse_generation(
     {

@@ -11,9 +11,9 @@ import pytest
 
 from archon.agent.discovery import DnsTarget, system_resolver
 from archon.agent.routing import AFFINITY_SLACK, Router, Signals, parse_signals
+from archon.agent.settings import load_agent_settings
 from archon.agent.upstreams import UpstreamPool
 from archon.errors import ConfigError, ModelNotFoundError, ServiceUnavailableError
-from archon.settings import load_agent_settings
 from tests.support.pools import healthy_pool
 
 

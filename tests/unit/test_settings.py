@@ -5,7 +5,11 @@ from pathlib import Path
 import pytest
 
 from archon.errors import ConfigError
-from archon.settings import ModelServerSettings, load_model_server_settings, read_configmap
+from archon.modelserver.settings import (
+    ModelServerSettings,
+    load_model_server_settings,
+    read_configmap,
+)
 
 
 def write_cm(tmp_path: Path, body: str) -> Path:

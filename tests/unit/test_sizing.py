@@ -9,7 +9,7 @@ import pytest
 
 from archon.errors import ConfigError, GPUCountError
 from archon.modelserver import launch, quantization, sizing
-from archon.settings import QUANTIZATION_METHODS, ModelServerSettings
+from archon.modelserver.settings import QUANTIZATION_METHODS, ModelServerSettings
 from tests.support.fake_hub import MODEL_FACTS
 
 QWEN14_GPTQ = "Qwen/Qwen2.5-Coder-14B-Instruct-GPTQ-Int4"

@@ -23,10 +23,10 @@ from archon.agent.limits import Limiter
 from archon.agent.metrics import AgentMetrics
 from archon.agent.rag import KnowledgeBaseClient
 from archon.agent.routing import Router
+from archon.agent.settings import AgentSettings
 from archon.agent.upstreams import UpstreamPool
 from archon.errors import ArchonError
 from archon.service import Lifecycle, new_registry, service_app
-from archon.settings import AgentSettings
 
 log = logging.getLogger("archon.agent")
 

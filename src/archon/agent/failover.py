@@ -15,10 +15,10 @@ import aiohttp
 from archon.agent.admission import Admission
 from archon.agent.metrics import AgentMetrics
 from archon.agent.preparation import Prepared
+from archon.agent.settings import AgentSettings
 from archon.agent.upstreams import Lease, Upstream, UpstreamPool
 from archon.errors import GatewayTimeoutError, ServiceUnavailableError
 from archon.service import Lifecycle
-from archon.settings import AgentSettings
 
 
 @dataclass

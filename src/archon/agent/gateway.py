@@ -29,12 +29,12 @@ from archon.agent.metrics import AgentMetrics
 from archon.agent.preparation import ChatPreparer, Prepared
 from archon.agent.rag import KnowledgeBaseClient, mark_cited
 from archon.agent.relay import Relay, Stream
+from archon.agent.settings import AgentSettings
 from archon.agent.upstreams import Lease, UpstreamPool
 from archon.errors import ArchonError, ServiceUnavailableError
 from archon.http import parse_json_object, run_unless_client_leaves
 from archon.openai.sse import SSE_HEADERS
 from archon.service import Lifecycle
-from archon.settings import AgentSettings
 
 
 class Gateway:

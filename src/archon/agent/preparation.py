@@ -22,10 +22,10 @@ from archon.agent.rag import (
     conversation_key,
     retrieval_query,
 )
+from archon.agent.settings import AgentSettings
 from archon.agent.upstreams import UpstreamPool
 from archon.errors import InvalidRequestError
 from archon.http import parse_json_object
-from archon.settings import AgentSettings
 
 
 @dataclass

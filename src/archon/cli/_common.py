@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import typer
 
 if TYPE_CHECKING:
-    from archon.settings import ModelServerSettings
+    from archon.modelserver.settings import ModelServerSettings
 
 EXIT_CONFIG = 2
 
@@ -91,6 +91,6 @@ def setup_logging(level: str) -> None:
 
 def model_server_settings(config: Path | None, overrides: dict[str, Any]) -> ModelServerSettings:
     """The model server's settings: flags that were given, then the ConfigMap file, env."""
-    from archon.settings import load_model_server_settings
+    from archon.modelserver.settings import load_model_server_settings
 
     return load_model_server_settings(config, {k: v for k, v in overrides.items() if v is not None})

@@ -37,7 +37,7 @@ def agent(
     """Serve the agent (settings from flags, then ARCHON_AGENT_* environment variables)."""
     if ctx.invoked_subcommand is not None:
         return
-    from archon.settings import load_agent_settings
+    from archon.agent.settings import load_agent_settings
 
     setup_logging(log_level)
     settings = load_agent_settings(

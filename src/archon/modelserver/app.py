@@ -18,9 +18,9 @@ from archon.modelserver.preparation import Prepared, RequestPreparer
 from archon.modelserver.runtime import EngineFactory, ModelRuntime, llamacpp_factory
 from archon.modelserver.schemas import ChatCompletionRequest, CompletionRequest
 from archon.modelserver.serving import CompletionService
+from archon.modelserver.settings import ModelServerSettings
 from archon.openai.sse import SSE_HEADERS
 from archon.service import new_registry, service_app
-from archon.settings import ModelServerSettings
 
 
 def create_app(

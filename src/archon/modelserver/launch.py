@@ -25,7 +25,7 @@ import yaml
 
 from archon.errors import ConfigError, EngineMissingError, GPUCountError, InsufficientVRAMError
 from archon.modelserver import models, sizing
-from archon.settings import ModelServerSettings
+from archon.modelserver.settings import ModelServerSettings
 
 log = logging.getLogger("archon.vllm")
 

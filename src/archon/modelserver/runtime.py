@@ -17,8 +17,8 @@ from archon.errors import ConfigError, ModelLoadError, ServiceUnavailableError
 from archon.modelserver.engines.base import Engine, EngineDead, EngineStats
 from archon.modelserver.models import ResolvedModel
 from archon.modelserver.progress import Progress
+from archon.modelserver.settings import ModelServerSettings
 from archon.service import Lifecycle, Phase
-from archon.settings import ModelServerSettings
 
 log = logging.getLogger("archon.modelserver")
 

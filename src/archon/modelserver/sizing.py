@@ -22,7 +22,7 @@ import httpx
 from archon.errors import ConfigError, ModelReferenceError, NetworkError
 from archon.modelserver import hub, models
 from archon.modelserver.quantization import weight_storage
-from archon.settings import parse_bytes
+from archon.modelserver.settings import parse_bytes
 
 log = logging.getLogger("archon.sizing")
 

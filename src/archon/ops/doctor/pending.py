@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from archon.modelserver.settings import parse_bytes
 from archon.ops.doctor.findings import Finding
 from archon.ops.doctor.scope import (
     EPOCH,
@@ -16,7 +17,6 @@ from archon.ops.doctor.scope import (
     timestamp,
     untolerated_taints,
 )
-from archon.settings import parse_bytes
 
 RUNBOOK = "docs/runbooks/ArchonModelServerPending.md"
 
