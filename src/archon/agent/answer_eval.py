@@ -41,7 +41,7 @@ from typing import Any
 
 import httpx
 
-from archon.errors import ConfigError
+from archon.jsonl import BadRow, read_split
 
 # What counts as a refusal: the answer says the docs/context do not hold it, or that it does
 # not know. Matched on the case-folded answer's first 300 characters: a refusal comes first.
@@ -129,37 +129,29 @@ def is_refusal(answer: str) -> bool:
 
 
 def load_answers(path: Path, split: str | None = None) -> list[Question]:
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise ConfigError(f"answer set {path}: {exc.strerror}") from None
-    questions = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            q = Question(
-                id=str(row.get("id") or f"line-{number}"),
-                question=str(row["question"]),
-                facts=[[str(alt) for alt in fact] for fact in row.get("facts") or []],
-                cite=[str(doc) for doc in row.get("cite") or []],
-                answerable=bool(row.get("answerable", True)),
-                split=row.get("split"),
-                corpus=row.get("corpus"),
-            )
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise ConfigError(
-                f"{path}:{number}: expected {{question, facts: [[alternatives]], cite, "
-                "answerable, split}"
-            ) from None
-        if q.answerable and not q.facts:
-            raise ConfigError(f"{path}:{number}: an answerable question needs facts")
-        if split is None or q.split == split:
-            questions.append(q)
-    if not questions:
-        raise ConfigError(f"{path} holds no question" + (f" of split {split!r}" if split else ""))
-    return questions
+    return read_split(
+        path,
+        "answer set",
+        _question,
+        "{question, facts: [[alternatives]], cite, answerable, split}",
+        split,
+        f"{path} holds no question" + (f" of split {split!r}" if split else ""),
+    )
+
+
+def _question(row: dict[str, Any], number: int) -> Question:
+    q = Question(
+        id=str(row.get("id") or f"line-{number}"),
+        question=str(row["question"]),
+        facts=[[str(alt) for alt in fact] for fact in row.get("facts") or []],
+        cite=[str(doc) for doc in row.get("cite") or []],
+        answerable=bool(row.get("answerable", True)),
+        split=row.get("split"),
+        corpus=row.get("corpus"),
+    )
+    if q.answerable and not q.facts:
+        raise BadRow("an answerable question needs facts")
+    return q
 
 
 def score(question: Question, answer: Answer) -> Answer:

@@ -13,13 +13,12 @@ lets a set be tuned on one half and reported on the other.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from archon.errors import ConfigError
+from archon.jsonl import BadRow, read_split
 
 MODES = ("dense", "bm25", "hybrid")
 
@@ -51,32 +50,23 @@ def _grades(value: Any) -> dict[str, int]:
 
 
 def load_queries(path: Path, split: str | None = None) -> list[Judged]:
-    queries = []
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        raise ConfigError(f"query set {path} not found") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-            judged = Judged(
-                item["query"], _grades(item["relevant"]), item.get("split"), item.get("kind")
-            )
-            judged.id = item.get("id")
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise ConfigError(
-                f'{path}:{number}: expected {{"query": ..., "relevant": {{"source:path": 0-2}}}} '
-                'or {"query": ..., "relevant": ["source:path"]}'
-            ) from None
-        if not judged.relevant:
-            raise ConfigError(f"{path}:{number}: no relevant document")
-        if split is None or judged.split == split:
-            queries.append(judged)
-    if not queries:
-        raise ConfigError(f"{path}: no queries" + (f" in split {split!r}" if split else ""))
-    return queries
+    return read_split(
+        path,
+        "query set",
+        _judged,
+        '{"query": ..., "relevant": {"source:path": 0-2}} or {"query": ..., "relevant": '
+        '["source:path"]}',
+        split,
+        f"{path}: no queries" + (f" in split {split!r}" if split else ""),
+    )
+
+
+def _judged(item: dict[str, Any], _number: int) -> Judged:
+    judged = Judged(item["query"], _grades(item["relevant"]), item.get("split"), item.get("kind"))
+    judged.id = item.get("id")
+    if not judged.relevant:
+        raise BadRow("no relevant document")
+    return judged
 
 
 def ranked_documents(kb: Any, query: str, mode: str, depth: int = 10) -> list[str]:
