@@ -89,8 +89,11 @@ def _sync_with_progress(kb: KnowledgeBase, sources: Path, *, quiet: bool) -> Any
 @kb_app.command("eval")
 def kb_eval(
     queries: Annotated[
-        Path,
-        typer.Argument(help="JSON lines: {query, relevant: {source:path: grade 1-2}, split}."),
+        list[Path],
+        typer.Argument(
+            help="JSON lines: {query, relevant: {source:path: grade 1-2}, split}; several "
+            "files, or a directory of *.jsonl, are one set."
+        ),
     ],
     split: Annotated[
         str | None, typer.Option(help="Only the queries of this split (tune or test).")
@@ -101,12 +104,16 @@ def kb_eval(
     import json
     from dataclasses import asdict
 
+    from archon.errors import ConfigError
     from archon.kb.evaluate import evaluate, load_queries
     from archon.kb.service import KnowledgeBase
     from archon.settings import load_kb_settings
 
     setup_logging("warning")
-    judged = load_queries(queries, split)
+    files = [f for q in queries for f in (sorted(q.glob("*.jsonl")) if q.is_dir() else [q])]
+    judged = [j for f in files for j in load_queries(f) if split is None or j.split == split]
+    if not judged:
+        raise ConfigError(f"no queries in split {split!r} in {', '.join(map(str, files))}")
     kb = KnowledgeBase(load_kb_settings())
     try:
         scores = evaluate(kb, judged)
