@@ -4,8 +4,9 @@ in front, scored by `archon agent eval`'s library (archon.agent.answer_eval).
 
 Variants run in the same session against the same model server and knowledge base, one question
 at a time, so their numbers compare. A variant is NAME=AGENT[:JSON]: AGENT is `current` (this
-checkout's agent, its defaults) or `before` (the agent from --before-src, e.g. an older
-commit's `git archive` — the old prompt and no generation defaults); JSON is a request's own
+checkout's agent, its defaults), `before` (the agent from --before-src, e.g. an older
+commit's `git archive` — the old prompt and no generation defaults) or the path of another
+src/ tree (a prompt variant); JSON is a request's own
 values (`{"temperature": 1.0}`), which win over the agent's defaults.
 
     git archive 22a7a20 src | tar -x -C /tmp/before        # the agent before issue 15
@@ -35,8 +36,10 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 CORPORA = ROOT.parent / "shared" / "corpora"
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))  # tests.support: the one free_port and readiness wait
 
 from archon.agent.answer_eval import load_answers, report, run, summarise  # noqa: E402
+from tests.support.servers import free_port, wait_until  # noqa: E402
 
 
 def default_sources(path: Path) -> Path:
@@ -74,25 +77,14 @@ def spawn(
 
 
 def wait(url: str, proc: subprocess.Popen, log: Path, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{url} exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"{url} not ready in {timeout}s")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    wait_until(
+        lambda: httpx.get(url, timeout=5).status_code == 200,
+        timeout=timeout,
+        what=url,
+        process=proc,
+        log=lambda: log.read_text()[-3000:],
+        poll=0.5,
+    )
 
 
 def main() -> None:
@@ -118,8 +110,12 @@ def main() -> None:
     for spec in args.variant or ["after=current"]:
         name, _, rest = spec.partition("=")
         agent, _, params = rest.partition(":")
-        if agent not in ("current", "before") or (agent == "before" and not args.before_src):
-            raise SystemExit(f"--variant {spec}: AGENT is current or before (with --before-src)")
+        if agent == "before" and args.before_src:
+            agent = str(args.before_src)
+        elif agent != "current" and not (Path(agent) / "archon").is_dir():
+            raise SystemExit(
+                f"--variant {spec}: AGENT is current, before (with --before-src) or a src/ dir"
+            )
         variants.append((name, agent, json.loads(params) if params else {}))
     questions = load_answers(args.answers, args.split)
     # A plain SIGTERM would skip the finally below and leave the servers running.
@@ -161,18 +157,21 @@ def main() -> None:
         )
         procs.append(kb)
         agents: dict[str, str] = {}
+        agent_logs: list[Path] = []
         agent_env = {"ARCHON_AGENT_KB_TIMEOUT": "30", **json.loads(args.agent_env)}
         for kind in dict.fromkeys(a for _, a, _ in variants):
             port = free_port()
             cmd = ["agent", "--port", str(port), "--upstream", f"http://127.0.0.1:{model_port}"]
             cmd += ["--kb-url", f"http://127.0.0.1:{kb_port}"]
-            src = args.before_src if kind == "before" else None
-            procs.append(spawn(cmd, logs / f"agent-{kind}.log", agent_env, src))
+            src = None if kind == "current" else Path(kind)
+            label = "current" if src is None else src.parent.name
+            procs.append(spawn(cmd, logs / f"agent-{label}.log", agent_env, src))
+            agent_logs.append(logs / f"agent-{label}.log")
             agents[kind] = f"http://127.0.0.1:{port}"
         wait(f"http://127.0.0.1:{model_port}/health", model, logs / "model.log")
         wait(f"http://127.0.0.1:{kb_port}/ready", kb, logs / "kb.log")
-        for kind, url in agents.items():
-            wait(url + "/ready", procs[list(agents).index(kind) + 2], logs / f"agent-{kind}.log")
+        for n, url in enumerate(agents.values()):
+            wait(url + "/ready", procs[n + 2], agent_logs[n])
         results = {}
         for name, kind, params in variants:
             began = time.perf_counter()

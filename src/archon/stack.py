@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import httpx
 import yaml
 
 import archon
+from archon.ports import port_in_use
 
 STOP_ORDER = ("agent", "knowledge base", "model server")  # the front door closes first
 # Seconds before each restart of a part that died, in a row; one more death after the last of
@@ -272,13 +272,10 @@ def busy_ports(options: StackOptions, parts: list[Part]) -> list[str]:
     busy = []
     for part in parts:
         port = int(part.url.rsplit(":", 1)[1])
-        with socket.socket() as s:
-            s.settimeout(0.3)
-            if s.connect_ex((options.host, port)) == 0:
-                busy.append(
-                    f"port {port} (the {part.name}) is in use; choose another with "
-                    f"{flags[part.name]}"
-                )
+        if port_in_use(port, options.host, timeout=0.3):
+            busy.append(
+                f"port {port} (the {part.name}) is in use; choose another with {flags[part.name]}"
+            )
     return busy
 
 

@@ -19,6 +19,7 @@ from tests.support.fake_upstream import FAKE_MODEL, FakeUpstream
 from tests.support.servers import MODEL, Server, start_server
 from tests.support.stack import (
     querying_docs_sources,
+    running_agent,
     start_agent,
     start_kb,
     wait_agent_ready,
@@ -43,13 +44,8 @@ def kb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory, server: Server, kb: Server) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("agent")
-    agent = start_agent(tmp, [server.url], kb.url, env=AGENT_ENV)
-    try:
-        wait_agent_ready(agent)
+    with running_agent(tmp_path_factory.mktemp("agent"), [server.url], kb.url, AGENT_ENV) as agent:
         yield agent
-    finally:
-        agent.stop()
 
 
 def client(agent: Server, key: str = "unused") -> openai.OpenAI:

@@ -11,7 +11,7 @@ import pytest
 
 from archon.agent.answer_eval import contains, is_refusal
 from tests.support.servers import Server, free_port, run_cli
-from tests.support.stack import start_agent, start_kb, wait_agent_ready
+from tests.support.stack import running_agent, start_kb
 
 pytestmark = pytest.mark.slow
 
@@ -52,12 +52,10 @@ def agent(tmp_path_factory: pytest.TempPathFactory, server: Server) -> Iterator[
         "ARCHON_AGENT_MAX_CONTEXT_CHARS": "2000",
         "ARCHON_AGENT_GENERATION": '{"default": {"max_tokens": 48}, "models": {}}',
     }
-    agent = start_agent(tmp, [server.url], kb.url, env=env)
     try:
-        wait_agent_ready(agent)
-        yield agent
+        with running_agent(tmp, [server.url], kb.url, env) as agent:
+            yield agent
     finally:
-        agent.stop()
         kb.stop()
 
 

@@ -14,7 +14,7 @@ import yaml
 from archon.agent.auth import hash_key
 from tests.support.fake_upstream import FAKE_MODEL, FakeUpstream
 from tests.support.servers import MODEL, Server
-from tests.support.stack import start_agent, wait_agent_ready
+from tests.support.stack import running_agent, start_agent, wait_agent_ready
 
 pytestmark = pytest.mark.slow
 
@@ -96,17 +96,9 @@ def test_the_stand_in_gets_the_defaults_the_requests_own_values_and_the_keys_cap
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory, server: Server) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("generation")
-    agent = start_agent(
-        tmp,
-        [server.url],
-        None,
-        env={"ARCHON_AGENT_GENERATION": json.dumps({"default": EVERY_FIELD})},
-    )
-    try:
-        wait_agent_ready(agent)
+    env = {"ARCHON_AGENT_GENERATION": json.dumps({"default": EVERY_FIELD})}
+    with running_agent(tmp, [server.url], None, env) as agent:
         yield agent
-    finally:
-        agent.stop()
 
 
 def test_the_real_model_server_takes_every_field_and_the_answer_stops_at_the_default(

@@ -21,7 +21,7 @@ from archon.agent.auth import hash_key
 from tests.support.fake_upstream import FAKE_MODEL, FakeUpstream
 from tests.support.redis import RedisServer, start_redis
 from tests.support.servers import MODEL, Server, run_cli
-from tests.support.stack import start_agent, wait_agent_ready, wait_for
+from tests.support.stack import running_agent, start_agent, wait_agent_ready, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -73,14 +73,9 @@ def metric(agent: Server, prefix: str) -> float:
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory, fake: FakeUpstream) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("limits")
-    agent = start_agent(
-        tmp, [fake.url], None, env={"ARCHON_AGENT_API_KEYS_FILE": str(keys_file(tmp))}
-    )
-    try:
-        wait_agent_ready(agent)
+    env = {"ARCHON_AGENT_API_KEYS_FILE": str(keys_file(tmp))}
+    with running_agent(tmp, [fake.url], None, env) as agent:
         yield agent
-    finally:
-        agent.stop()
 
 
 @pytest.fixture()

@@ -21,7 +21,7 @@ import yaml
 from archon.agent.auth import hash_key
 from tests.support.fake_upstream import FAKE_MODEL, FakeUpstream
 from tests.support.servers import Server
-from tests.support.stack import start_agent, wait_agent_ready
+from tests.support.stack import running_agent, start_agent, wait_agent_ready
 
 pytestmark = pytest.mark.slow
 
@@ -42,21 +42,13 @@ def agent(tmp_path_factory: pytest.TempPathFactory, fake: FakeUpstream) -> Itera
     keys = tmp / "keys.yaml"
     entries = [{"name": n, "key": hash_key(secret(n)), **spec} for n, spec in KEYS.items()]
     keys.write_text(yaml.safe_dump({"keys": entries}))
-    agent = start_agent(
-        tmp,
-        [fake.url],
-        None,
-        env={
-            "ARCHON_AGENT_API_KEYS_FILE": str(keys),
-            "ARCHON_AGENT_UPSTREAM_CONCURRENCY": "1",
-            "ARCHON_AGENT_QUEUE_SIZE": "3",
-        },
-    )
-    try:
-        wait_agent_ready(agent)
+    env = {
+        "ARCHON_AGENT_API_KEYS_FILE": str(keys),
+        "ARCHON_AGENT_UPSTREAM_CONCURRENCY": "1",
+        "ARCHON_AGENT_QUEUE_SIZE": "3",
+    }
+    with running_agent(tmp, [fake.url], None, env) as agent:
         yield agent
-    finally:
-        agent.stop()
 
 
 def metrics(agent: Server) -> str:

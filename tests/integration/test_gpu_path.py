@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -268,19 +269,25 @@ def test_dry_run_leaves_out_quantization_none_and_hides_the_api_key(tmp_path: Pa
     assert result.stdout.strip().endswith("--enable-prefix-caching --max-num-seqs 64")
 
 
-def test_vram_preflight_stops_a_model_that_cannot_fit(tmp_path: Path, hub) -> None:
-    cm = configmap(tmp_path, llm_model=QWEN14, gpu_memory_utilization="0.90", max_model_len="8192")
-    # Only config.json is on the stand-in hub for this model: pull it, then size it.
-    result = run_cli(
+def preflight(tmp_path: Path, cm: Path, out: Path, hub) -> subprocess.CompletedProcess:
+    """`archon serve --engine vllm`'s pull, sizing and preflight against a 16 GiB GPU, writing
+    the vLLM config to ``out`` when it passes."""
+    return run_cli(
         "serve",
         "--engine",
         "vllm",
         "--config",
         str(cm),
         "--write-vllm-config",
-        str(tmp_path / "vllm.yaml"),
+        str(out),
         env={"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"), "ARCHON_GPU_MEMORY": "16GiB"},
     )
+
+
+def test_vram_preflight_stops_a_model_that_cannot_fit(tmp_path: Path, hub) -> None:
+    cm = configmap(tmp_path, llm_model=QWEN14, gpu_memory_utilization="0.90", max_model_len="8192")
+    # Only config.json is on the stand-in hub for this model: pull it, then size it.
+    result = preflight(tmp_path, cm, tmp_path / "vllm.yaml", hub)
     assert result.returncode == 5, result.stderr
     line = result.stderr.strip().splitlines()[-1]
     assert "gpu_memory_utilization 0.9 x 16.00 GiB" in line and "quantized variant" in line
@@ -296,16 +303,7 @@ def test_preflight_passes_and_writes_vllm_config(tmp_path: Path, hub) -> None:
         quantization="none",
     )
     out = tmp_path / "run" / "vllm.yaml"
-    result = run_cli(
-        "serve",
-        "--engine",
-        "vllm",
-        "--config",
-        str(cm),
-        "--write-vllm-config",
-        str(out),
-        env={"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"), "ARCHON_GPU_MEMORY": "16GiB"},
-    )
+    result = preflight(tmp_path, cm, out, hub)
     assert result.returncode == 0, result.stderr
     assert "VRAM check passed" in result.stderr
     import yaml

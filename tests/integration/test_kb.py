@@ -16,12 +16,12 @@ import httpx
 import pytest
 
 from archon.errors import SyncInProgressError
-from archon.kb.chunking import FENCE, chunk_markdown, split_blocks
 from archon.kb.embeddings import Embedder
 from archon.kb.fusion import FusionParams
 from archon.kb.service import KnowledgeBase, make_embedder
 from archon.settings import KnowledgeBaseSettings
-from tests.support.servers import ARCHON, free_port
+from tests.support.servers import ARCHON
+from tests.support.stack import start_kb
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPORA = ROOT.parent / "shared" / "corpora"
@@ -89,39 +89,6 @@ def snapshot(kb: KnowledgeBase) -> dict[str, tuple]:
 
 
 # ---- chunking ----
-
-
-@pytest.mark.parametrize("corpus", ["tekton-pipeline", "prometheus", "argo-cd"])
-def test_chunking_the_real_corpora(corpus: str) -> None:
-    files = sorted((CORPORA / corpus).rglob("*.md"))
-    assert files
-    total = 0
-    for path in files:
-        text = path.read_text(errors="replace")
-        chunks = chunk_markdown(text)
-        total += len(chunks)
-        fences = [
-            (b.start_line, b.end_line) for b in split_blocks(text) if FENCE.match(b.text.lstrip())
-        ]
-        for chunk in chunks:
-            # A chunk boundary never falls inside a code fence.
-            for start, end in fences:
-                assert not (start < chunk.start_line <= end), (path, chunk.start_line)
-                assert not (start <= chunk.end_line < end), (path, chunk.end_line)
-            if chunk.tokens > 800:  # only a single fence or table may exceed the maximum
-                assert len(split_blocks(chunk.text)) == 1, (path, chunk.start_line)
-        headed = [c for c in chunks if c.heading_path]
-        if any(line.startswith("#") for line in text.splitlines()):
-            assert headed, path
-    assert total > len(files)
-
-
-def test_heading_paths_nest() -> None:
-    text = (CORPORA / "prometheus/docs/querying/basics.md").read_text()
-    chunks = chunk_markdown(text, min_tokens=0)
-    paths = [" > ".join(c.heading_path) for c in chunks]
-    assert "Querying basics > Time series selectors > Range Vector Selectors" in paths
-    assert all(p.startswith("Querying basics") for p in paths)
 
 
 def test_windows_cover_a_long_chunk(embedder) -> None:
@@ -257,50 +224,13 @@ def test_a_different_embedding_model_is_refused(tmp_path: Path, embedder) -> Non
 @pytest.fixture(scope="module")
 def kb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, dict]]:
     tmp = tmp_path_factory.mktemp("kbserve")
-    repo = make_repo(tmp)
-    sources = sources_file(tmp, repo)
-    port = free_port()
-    env = {**os.environ, "ARCHON_KB_DATA_DIR": str(tmp / "data")}
-    log = (tmp / "serve.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            *ARCHON,
-            "kb",
-            "serve",
-            "--sources",
-            str(sources),
-            "--port",
-            str(port),
-            "--sync-interval",
-            "3600",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+    sources = sources_file(tmp, make_repo(tmp))
+    env = {"ARCHON_KB_DATA_DIR": str(tmp / "data")}
+    server = start_kb(tmp, sources, env=env)
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                ready = httpx.get(f"{url}/ready", timeout=2)
-                sources_now = httpx.get(f"{url}/sources", timeout=2)
-                if (
-                    ready.status_code == 200
-                    and not ready.json()["syncing"]
-                    and (sources_now.status_code == 200 and sources_now.json()["sources"])
-                ):
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, (tmp / "serve.log").read_text()
-            time.sleep(0.5)
-        yield url, sources, env
+        yield server.url, sources, {**os.environ, **env}
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+        server.stop()
 
 
 def test_query_finds_the_right_doc_with_its_source(kb_server) -> None:

@@ -6,8 +6,6 @@ stands, the query still answers, and the outcome is counted."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +15,8 @@ import httpx
 import pytest
 
 from tests.integration.test_kb import CORPORA, make_repo, sources_file
-from tests.support.servers import ARCHON, free_port
+from tests.support.servers import free_port
+from tests.support.stack import start_kb
 
 pytestmark = pytest.mark.skipif(not CORPORA.is_dir(), reason="../shared/corpora is missing")
 QUERY = "how do I query series with a label matcher?"
@@ -66,56 +65,19 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Stan
     tmp = tmp_path_factory.mktemp("rerank")
     sources = sources_file(tmp, make_repo(tmp))
     stand_in = StandIn()
-    port = free_port()
     env = {
-        **os.environ,
-        "ARCHON_KB_DATA_DIR": str(tmp / "data"),
         "ARCHON_KB_RERANK_URL": stand_in.url,
         "ARCHON_KB_RERANK_MODEL": "bge-reranker-v2-m3",
         "ARCHON_KB_RERANK_TIMEOUT": "0.5",
         "ARCHON_KB_RERANK_CANDIDATES": "12",
     }
-    log = (tmp / "serve.log").open("wb")
-    proc = subprocess.Popen(
-        # A sync interval makes the first sync run at start.
-        [
-            *ARCHON,
-            "kb",
-            "serve",
-            "--sources",
-            str(sources),
-            "--port",
-            str(port),
-            "--sync-interval",
-            "3600",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert proc.poll() is None, (tmp / "serve.log").read_text()
-            assert time.monotonic() < deadline, "kb serve never became ready with its sources"
-            try:
-                ready = httpx.get(f"{url}/ready", timeout=2)
-                if (
-                    ready.status_code == 200
-                    and not ready.json()["syncing"]
-                    and httpx.get(f"{url}/sources", timeout=2).json()["sources"]
-                ):
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        yield url, stand_in
+        server = start_kb(tmp, sources, env=env)
+        try:
+            yield server.url, stand_in
+        finally:
+            server.stop()
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
         stand_in.server.shutdown()
 
 

@@ -19,6 +19,16 @@ from tests.support.stack import querying_docs_sources
 pytestmark = pytest.mark.slow
 
 
+def interrupt(process: subprocess.Popen) -> int:
+    """Ctrl-C for `archon up`; its exit status once it has stopped everything."""
+    process.send_signal(signal.SIGINT)
+    try:
+        return process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+
+
 def test_up_starts_everything_answers_with_sources_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     ports = {"model": free_port(), "kb": free_port(), "agent": free_port()}
     out = (tmp_path / "up.out").open("w+")
@@ -64,12 +74,7 @@ def test_up_starts_everything_answers_with_sources_and_stops_on_ctrl_c(tmp_path:
         assert "docs/querying/functions.md" in paths
         assert httpx.get(agent_url + "/", timeout=10).status_code == 200  # the chat page
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            code = process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
+        code = interrupt(process)
     assert code == 0, (tmp_path / "up.out").read_text()
     time.sleep(0.5)
     for name, port in ports.items():
@@ -175,12 +180,7 @@ def test_up_restarts_a_part_that_dies_and_the_agent_answers_degraded_meanwhile(
         assert client.chat.completions.create(**ask).choices[0].message.content is not None
         assert process.poll() is None  # up kept going
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            code = process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
+        code = interrupt(process)
     assert code == 0, out_path.read_text()
     for name, port in ports.items():
         assert not port_open(port), f"the {name} still listens on {port}"

@@ -57,13 +57,16 @@ class FakeHub:
                     return None
                 return hub.files.get(f"{parts[1]}/{parts[2]}/{'/'.join(parts[5:])}")
 
+            def _entry_not_found(self) -> None:
+                self.send_response(404)
+                self.send_header("X-Error-Code", "EntryNotFound")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
             def do_HEAD(self) -> None:
                 f = self._lookup()
                 if f is None:
-                    self.send_response(404)
-                    self.send_header("X-Error-Code", "EntryNotFound")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
+                    self._entry_not_found()
                     return
                 self.send_response(200)
                 self.send_header("X-Repo-Commit", COMMIT)
@@ -153,10 +156,7 @@ class FakeHub:
                     return
                 f = self._lookup()
                 if f is None:
-                    self.send_response(404)
-                    self.send_header("X-Error-Code", "EntryNotFound")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
+                    self._entry_not_found()
                     return
                 header = self.headers.get("Range")
                 hub.ranges.append(header)

@@ -1,12 +1,12 @@
 """Start real ``archon serve`` processes on free ports and wait for them.
 
-``free_port`` and ``wait_until`` are the one copy of each for tests/ and benchmarks/.
+``wait_until`` is the one readiness wait for tests/ and benchmarks/; ``free_port`` and
+``port_open`` are archon.ports' (which `archon up` uses too).
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,17 +16,13 @@ from pathlib import Path
 
 import httpx
 
+from archon.ports import free_port, port_in_use
+
 ARCHON = [sys.executable, "-m", "archon.cli"]
 # The bundled model every test server serves, and the shared server's settings (conftest.py).
 MODEL = "smollm2-135m-instruct"
 SLOTS = 2
 MAX_REQUEST_BYTES = 64 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(
@@ -56,9 +52,7 @@ def wait_until(
 
 
 def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+    return port_in_use(port)
 
 
 @dataclass

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -99,3 +100,20 @@ def wait_agent_ready(agent: Server, healthy: int = 1, timeout: float = 120.0) ->
         return sum(u["healthy"] for u in ups) >= healthy
 
     wait_for(agent, enough, timeout, what=f"routing to {healthy} upstream(s)")
+
+
+@contextmanager
+def running_agent(
+    tmp: Path,
+    upstreams: list[str],
+    kb_url: str | None,
+    env: dict[str, str] | None = None,
+    healthy: int = 1,
+) -> Iterator[Server]:
+    """`archon agent` routing to ``healthy`` of its upstreams, stopped on the way out."""
+    agent = start_agent(tmp, upstreams, kb_url, env=env)
+    try:
+        wait_agent_ready(agent, healthy)
+        yield agent
+    finally:
+        agent.stop()

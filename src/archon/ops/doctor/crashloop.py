@@ -69,6 +69,35 @@ def _tail(log: str, n: int = 8) -> list[str]:
     return [line for line in log.strip().splitlines() if line.strip()][-n:]
 
 
+def _finding(cause: str, fix: str, evidence: list[str]) -> Finding:
+    return Finding("crashloop", "error", f"CrashLoopBackOff: {cause}", fix, evidence, RUNBOOK)
+
+
+def _bad_model_fix(settings: dict[str, str]) -> str:
+    return (
+        f"Correct llm_model in manifests/model-server/configmap.yaml (now "
+        f"{settings.get('llm_model', '?')!r}); check the name on the hub. For a gated model "
+        "create the Secret hf-token with your token."
+    )
+
+
+def _download_fix(_settings: dict[str, str]) -> str:
+    return (
+        "The pod cannot reach the hub: check egress (NetworkPolicy allows 443), DNS, a "
+        "proxy (HTTPS_PROXY), or point HF_ENDPOINT at a mirror. The download resumes where "
+        "it stopped once the network works."
+    )
+
+
+# Causes told by a log line or by Archon's exit code, first match wins: (log pattern, exit
+# code, cause, its fix from the settings). CUDA out of memory, which reads numbers from the
+# log, goes before them.
+LOGGED = (
+    (BAD_MODEL, ModelReferenceError.exit_code, "invalid model name", _bad_model_fix),
+    (DOWNLOAD, NetworkError.exit_code, "model download failed", _download_fix),
+)
+
+
 def classify(
     pod: str,
     container: str,
@@ -82,46 +111,20 @@ def classify(
     oom = CUDA_OOM.search(log)
     if oom or exit_code == InsufficientVRAMError.exit_code:
         return _cuda_oom(where, log, settings, oom.group(0) if oom else last[0] if last else "")
-    if BAD_MODEL.search(log) or exit_code == ModelReferenceError.exit_code:
-        line = next((x for x in _tail(log, 40) if BAD_MODEL.search(x)), last[0] if last else "")
-        return Finding(
-            "crashloop",
-            "error",
-            "CrashLoopBackOff: invalid model name",
-            f"Correct llm_model in manifests/model-server/configmap.yaml (now "
-            f"{settings.get('llm_model', '?')!r}); check the name on the hub. For a gated model "
-            "create the Secret hf-token with your token.",
-            [where, line],
-            RUNBOOK,
-        )
-    if DOWNLOAD.search(log) or exit_code == NetworkError.exit_code:
-        line = next((x for x in _tail(log, 40) if DOWNLOAD.search(x)), last[0] if last else "")
-        return Finding(
-            "crashloop",
-            "error",
-            "CrashLoopBackOff: model download failed",
-            "The pod cannot reach the hub: check egress (NetworkPolicy allows 443), DNS, a "
-            "proxy (HTTPS_PROXY), or point HF_ENDPOINT at a mirror. The download resumes where "
-            "it stopped once the network works.",
-            [where, line],
-            RUNBOOK,
-        )
+    for pattern, code, cause, fix in LOGGED:
+        if pattern.search(log) or exit_code == code:
+            line = next((x for x in _tail(log, 40) if pattern.search(x)), last[0] if last else "")
+            return _finding(cause, fix(settings), [where, line])
     if exit_code in ARCHON_EXITS:
-        return Finding(
-            "crashloop",
-            "error",
-            f"CrashLoopBackOff: {ARCHON_EXITS[exit_code]}",
+        return _finding(
+            ARCHON_EXITS[exit_code],
             "Follow the last log line: it names the setting to change.",
             [where, *last],
-            RUNBOOK,
         )
-    return Finding(
-        "crashloop",
-        "error",
-        "CrashLoopBackOff: unrecognised cause",
+    return _finding(
+        "unrecognised cause",
         f"Read the log: kubectl logs -n <namespace> {pod} -c {container} --previous",
         [where, *_tail(log)],
-        RUNBOOK,
     )
 
 
@@ -157,13 +160,10 @@ def _cuda_oom(where: str, log: str, settings: dict[str, str], line: str) -> Find
             fixes.append(f"set max_model_len to {max(max_len // 2, 1024)} (now {max_len})")
         else:
             fixes.append("set max_model_len, e.g. 8192 (now the model's full context)")
-    return Finding(
-        "crashloop",
-        "error",
-        "CrashLoopBackOff: CUDA out of memory",
+    return _finding(
+        "CUDA out of memory",
         "In manifests/model-server/configmap.yaml: " + "; or ".join(fixes) + ". Or use a "
         "quantized model. `archon config check --gpu-memory <size> configmap.yaml` checks a "
         "change before you push it.",
         evidence,
-        RUNBOOK,
     )
