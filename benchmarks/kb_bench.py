@@ -57,7 +57,7 @@ def make_repos(tmp: Path) -> Path:
 
 def build(tmp: Path, sources: Path, embedder, label: str, **chunking):
     from archon.kb.service import KnowledgeBase
-    from archon.settings import KnowledgeBaseSettings
+    from archon.kb.settings import KnowledgeBaseSettings
 
     settings = KnowledgeBaseSettings(sources=sources, data_dir=tmp / label, **chunking)
     kb = KnowledgeBase(settings, embedder)

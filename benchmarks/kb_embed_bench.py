@@ -51,7 +51,7 @@ def main() -> None:
 
     from archon.kb.evaluate import evaluate
     from archon.kb.service import KnowledgeBase
-    from archon.settings import KnowledgeBaseSettings
+    from archon.kb.settings import KnowledgeBaseSettings
 
     tmp = Path(tempfile.mkdtemp(prefix="kb-embed-bench-"))
     sources = make_repos(tmp)

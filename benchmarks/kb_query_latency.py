@@ -32,7 +32,7 @@ def main() -> None:
 
     from archon.kb.evaluate import load_queries
     from archon.kb.service import KnowledgeBase
-    from archon.settings import KnowledgeBaseSettings
+    from archon.kb.settings import KnowledgeBaseSettings
 
     tmp = args.data or Path(tempfile.mkdtemp(prefix="kb-latency-"))
     tmp.mkdir(parents=True, exist_ok=True)

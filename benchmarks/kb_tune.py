@@ -57,7 +57,7 @@ def main() -> None:
 
     from archon.kb.evaluate import evaluate
     from archon.kb.service import KnowledgeBase
-    from archon.settings import KnowledgeBaseSettings
+    from archon.kb.settings import KnowledgeBaseSettings
 
     queries = judged(args.split)
     args.data.mkdir(parents=True, exist_ok=True)

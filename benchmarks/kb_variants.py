@@ -108,8 +108,8 @@ def main() -> None:
     from archon.kb.chunking import Chunk
     from archon.kb.evaluate import evaluate
     from archon.kb.service import KnowledgeBase
+    from archon.kb.settings import KnowledgeBaseSettings
     from archon.kb.sync import indexed_text
-    from archon.settings import KnowledgeBaseSettings
 
     high, low = args.chunks.split(":")
     data_dir = args.data / f"chunks-{high}-{low}"

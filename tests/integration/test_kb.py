@@ -19,7 +19,7 @@ from archon.errors import SyncInProgressError
 from archon.kb.embeddings import Embedder
 from archon.kb.fusion import FusionParams
 from archon.kb.service import KnowledgeBase, make_embedder
-from archon.settings import KnowledgeBaseSettings
+from archon.kb.settings import KnowledgeBaseSettings
 from tests.support.servers import ARCHON
 from tests.support.stack import start_kb
 

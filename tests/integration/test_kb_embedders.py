@@ -16,7 +16,7 @@ from archon.errors import ConfigError
 from archon.kb.embeddings import SentenceTransformerEmbedder, bundled_model_path
 from archon.kb.onnx_embedder import OnnxEmbedder
 from archon.kb.service import KnowledgeBase
-from archon.settings import KnowledgeBaseSettings
+from archon.kb.settings import KnowledgeBaseSettings
 
 CORPORA = Path(__file__).resolve().parents[2].parent / "shared" / "corpora"
 MODEL = Path(bundled_model_path("all-MiniLM-L6-v2"))
@@ -118,7 +118,7 @@ def test_a_model_it_cannot_run_is_refused(tmp_path: Path) -> None:
 
 
 def test_an_unknown_backend_names_the_setting(tmp_path: Path, monkeypatch) -> None:
-    from archon.settings import load_kb_settings
+    from archon.kb.settings import load_kb_settings
 
     monkeypatch.setenv("ARCHON_KB_EMBEDDING_BACKEND", "tensorrt")
     with pytest.raises(ConfigError, match="embedding_backend"):

@@ -384,8 +384,8 @@ def test_checkov_passes_on_rendered_manifests_and_dockerfile(tmp_path: Path) -> 
 
 
 def test_knowledge_base_bundle_agrees_with_the_code() -> None:
+    from archon.kb.settings import KnowledgeBaseSettings
     from archon.kb.sources import load_sources
-    from archon.settings import KnowledgeBaseSettings
 
     docs = kustomize(ROOT / "manifests/knowledge-base")
     deployment = find(docs, "Deployment", "archon-knowledge-base")

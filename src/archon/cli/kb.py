@@ -42,7 +42,7 @@ def kb_sync(
         typer.echo(response.text)
         raise typer.Exit(0 if response.status_code in (202, 409) else 1)
     from archon.kb.service import KnowledgeBase
-    from archon.settings import load_kb_settings
+    from archon.kb.settings import load_kb_settings
 
     settings = load_kb_settings({"sources": sources})
     kb = KnowledgeBase(settings, reindex=reindex)
@@ -107,7 +107,7 @@ def kb_eval(
     from archon.errors import ConfigError
     from archon.kb.evaluate import evaluate, load_queries
     from archon.kb.service import KnowledgeBase
-    from archon.settings import load_kb_settings
+    from archon.kb.settings import load_kb_settings
 
     setup_logging("warning")
     files = [f for q in queries for f in (sorted(q.glob("*.jsonl")) if q.is_dir() else [q])]
@@ -140,7 +140,7 @@ def kb_serve(
     log_level: Annotated[str, typer.Option()] = "info",
 ) -> None:
     """Serve /query over the store (and run syncs on a schedule or on POST /sync)."""
-    from archon.settings import load_kb_settings
+    from archon.kb.settings import load_kb_settings
 
     setup_logging(log_level)
     settings = load_kb_settings(

@@ -23,8 +23,8 @@ from archon.http import parse_json_body
 from archon.kb.metrics import KbMetrics
 from archon.kb.query import QueryRequest
 from archon.kb.service import KnowledgeBase
+from archon.kb.settings import KnowledgeBaseSettings
 from archon.service import Lifecycle, new_registry, service_app
-from archon.settings import KnowledgeBaseSettings
 
 log = logging.getLogger("archon.kb")
 

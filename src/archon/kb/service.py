@@ -19,10 +19,10 @@ from archon.kb.embeddings import (
 from archon.kb.fusion import Fusion, FusionParams, Mode, Searcher
 from archon.kb.index import MemoryIndex
 from archon.kb.rerank import Reranker
+from archon.kb.settings import KnowledgeBaseSettings
 from archon.kb.sources import load_sources
 from archon.kb.store import ChunkStore
 from archon.kb.sync import State, Syncer, SyncReport, check_embedder
-from archon.settings import KnowledgeBaseSettings
 
 
 def make_embedder(settings: KnowledgeBaseSettings, recorded_model: str | None = None) -> Embedder:

@@ -1,0 +1,96 @@
+"""Settings of `archon kb serve` and `archon kb sync` (`ARCHON_KB_*`), read by archon.settings'
+one loader: flags > environment > defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from archon.settings import load_settings
+
+
+class KnowledgeBaseSettings(BaseSettings):
+    """Settings of `archon kb serve` and `archon kb sync`."""
+
+    model_config = SettingsConfigDict(env_prefix="ARCHON_KB_", extra="forbid")
+
+    sources: Path = Field(Path("sources.yaml"), description="The sources file (YAML).")
+    data_dir: Path = Field(Path(".archon/kb"), description="Sync state, Git cache, local store.")
+    qdrant: str | None = Field(
+        None, description="Qdrant URL (server mode); default: embedded at data_dir/qdrant."
+    )
+    collection: str = "archon-docs"
+    embedding_model: str = "all-MiniLM-L6-v2"
+    embedding_url: str | None = Field(
+        None, description="OpenAI-compatible /v1/embeddings base URL instead of the local model."
+    )
+    embedding_backend: Literal["auto", "torch", "torch-bf16", "onnx", "onnx-int8"] = Field(
+        "auto",
+        description="How the local model runs. auto: torch-bf16 on a CPU with bfloat16 "
+        "hardware (AMX or AVX-512 BF16), else onnx-int8; a store of int8 vectors stays int8. "
+        "torch-bf16: sentence-transformers with bf16 matrix products, fp32's vectors at 2.4x "
+        "onnx-int8's speed where the CPU has bf16 (emulated, slow, where it has not); onnx-int8: "
+        "ONNX Runtime, int8 weights (1.4x fp32); onnx: ONNX Runtime fp32; torch: "
+        "sentence-transformers fp32. A store keeps one kind of vector: changing between "
+        "onnx-int8 and the others needs `kb sync --reindex` (docs/benchmarks.md).",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8100, ge=0, le=65535)
+    sync_interval: float = Field(
+        0.0, ge=0.0, description="Seconds between scheduled syncs in `kb serve`; 0 = none."
+    )
+    default_top_k: int = Field(5, ge=1, le=50)
+    serve_threads: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="CPU threads for embedding in `kb serve` (1 keeps query latency flat; its "
+        "syncs then leave the other cores to queries). `kb sync` uses all cores.",
+    )
+    chunk_max_tokens: int = Field(800, ge=64, le=8192)
+    chunk_min_tokens: int = Field(400, ge=0, le=8192)
+    rerank_url: str | None = Field(
+        None,
+        description="Base URL of an OpenAI-style rerank endpoint (vLLM, llama-server "
+        "--reranking) that reorders the fused candidates; off when unset.",
+    )
+    rerank_model: str = Field("", description="The model name sent to the rerank endpoint.")
+    rerank_timeout: float = Field(
+        2.0, gt=0, description="Seconds to wait for the reranker before keeping the fused order."
+    )
+    rerank_candidates: int = Field(
+        20, ge=1, le=200, description="How many fused candidates the reranker scores."
+    )
+    chunk_context: bool = Field(
+        True,
+        description="Index each chunk with its repo and path words besides its heading trail "
+        "(tuning half: hybrid nDCG@10 0.831 -> 0.840). Changing it, or the chunk sizes, "
+        "re-chunks every file at the next sync.",
+    )
+    rrf_k: int = Field(
+        60, ge=1, le=1000, description="Reciprocal-rank fusion's k: higher flattens the ranks."
+    )
+    dense_weight: float = Field(
+        0.5, ge=0.0, le=1.0, description="The dense retriever's share in fusion (BM25: the rest)."
+    )
+    fusion_candidates: int = Field(
+        4, ge=1, le=50, description="Each retriever contributes top_k times this many chunks."
+    )
+    document_weight: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of a file's other candidates' scores added to each of its chunks.",
+    )
+    max_request_bytes: int = Field(64 * 1024, ge=1024)
+
+    @property
+    def store_location(self) -> str:
+        return self.qdrant or str(self.data_dir / "qdrant")
+
+
+def load_kb_settings(overrides: dict[str, Any] | None = None) -> KnowledgeBaseSettings:
+    return load_settings(KnowledgeBaseSettings, overrides)
