@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from archon.modelserver.engines.llamacpp_native import use_repack
 from tests.support.servers import MODEL, Server, free_port, start_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,10 +42,17 @@ def llama_server(
     ).stdout.strip()
     port = free_port()
     log = tmp_path_factory.mktemp("llama-server") / "llama-server.log"
+    # The same weight layout as our engine's (cpu_repack=auto): byte parity needs the same
+    # kernels, and AMX's crash llama-server too.
+    import llama_cpp
+
+    llama_cpp.llama_backend_init()
+    repack = use_repack("auto", llama_cpp.llama_print_system_info())
     with log.open("wb") as out:
         process = subprocess.Popen(
             [binary, "-m", str(bundled_model_path), "--host", "127.0.0.1", "--port", str(port),
-             "-c", "2048", "-np", "1", "-t", "2", "--no-webui"],
+             "-c", "2048", "-np", "1", "-t", "2", "--no-webui",
+             "--repack" if repack else "--no-repack"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )  # fmt: skip
     server = Server(process, port, log)

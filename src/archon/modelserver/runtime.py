@@ -40,6 +40,7 @@ def llamacpp_factory(model: ResolvedModel, settings: ModelServerSettings) -> Eng
         slots=settings.parallel,
         threads=settings.effective_threads,
         batch_size=settings.batch_size,
+        cpu_repack=settings.cpu_repack,
     )
 
 

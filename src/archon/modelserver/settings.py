@@ -57,6 +57,12 @@ class ModelServerSettings(BaseSettings):
     max_waiting: int = Field(
         512, ge=0, description="Requests allowed to wait for a slot before 503; 0 = no limit."
     )
+    cpu_repack: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="llama.cpp's repacked weight layouts (its AMX and CPU_REPACK buffers). auto: "
+        "off when the llama.cpp build uses AMX, whose kernels crash on the first prompt on "
+        "virtualised Sapphire/Granite Rapids (ggml-org/llama.cpp#20824), else on.",
+    )
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     download_log_interval: float = Field(5.0, gt=0.0, le=10.0)
     api_key: SecretStr | None = Field(
@@ -131,6 +137,7 @@ CONFIGMAP_KEYS = {
     "parallel": "parallel",
     "threads": "threads",
     "batch_size": "batch_size",
+    "cpu_repack": "cpu_repack",
     "engine": "engine",
     "vllm_extra_args": "vllm_extra_args",
 }

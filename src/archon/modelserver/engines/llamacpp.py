@@ -69,6 +69,7 @@ class LlamaCppEngine:
         slots: int,
         threads: int,
         batch_size: int,
+        cpu_repack: str = "auto",
     ):
         native = llamacpp_native.load(
             model_path,
@@ -76,6 +77,7 @@ class LlamaCppEngine:
             slots=slots,
             threads=threads,
             batch_size=batch_size,
+            cpu_repack=cpu_repack,
         )
         self._native = native
         self._ctx = native.ctx

@@ -6,6 +6,7 @@ side that needs only them (chat template, tokenize, detokenize).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 from archon.errors import InvalidRequestError, ModelLoadError
 from archon.modelserver.chat_template import ChatTemplate
 from archon.modelserver.engines.llamacpp_sampling import Vocabulary
+
+log = logging.getLogger("archon.modelserver")
 
 
 @dataclass
@@ -69,8 +72,24 @@ class NativeModel:
         self.ll.llama_model_free(self.model)
 
 
+def use_repack(setting: str, system_info: bytes) -> bool:
+    """Whether llama.cpp may repack the weights into its extra buffer types (AMX, CPU_REPACK).
+    ``auto`` says no to a build with AMX: its matrix kernels hit a general protection fault on
+    the first prompt on virtualised Sapphire/Granite Rapids (ggml-org/llama.cpp#20824,
+    ollama/ollama#17249; seen here on a KVM Xeon, every request a crash)."""
+    if setting != "auto":
+        return setting == "on"
+    return b"AMX_INT8 = 1" not in system_info
+
+
 def load(
-    model_path: Path, *, max_model_len: int | None, slots: int, threads: int, batch_size: int
+    model_path: Path,
+    *,
+    max_model_len: int | None,
+    slots: int,
+    threads: int,
+    batch_size: int,
+    cpu_repack: str = "auto",
 ) -> NativeModel:
     """Load a GGUF on the CPU with a context of ``slots`` sequences of ``max_model_len`` tokens;
     a ModelLoadError names the setting to change when llama.cpp refuses."""
@@ -82,6 +101,13 @@ def load(
 
     model_params = llama_cpp.llama_model_default_params()
     model_params.n_gpu_layers = 0
+    system_info = llama_cpp.llama_print_system_info()
+    model_params.use_extra_bufts = use_repack(cpu_repack, system_info)
+    if cpu_repack == "auto" and not model_params.use_extra_bufts:
+        log.warning(
+            "llama.cpp was built with AMX, whose kernels crash on many virtual machines: "
+            "weight repacking is off (set cpu_repack=on to use AMX on bare metal)"
+        )
     model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), model_params)
     if not model:
         raise ModelLoadError(f"llm_model: llama.cpp could not load {model_path}")
