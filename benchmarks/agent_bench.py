@@ -43,9 +43,9 @@ from pathlib import Path
 
 from report import percentile, replace_section
 
+from archon.readiness import free_port, wait_until
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # tests.support: the one free_port and readiness wait
-from tests.support.servers import free_port, wait_until  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 LOGS = Path(tempfile.gettempdir())  # main() makes a fresh folder for servers' logs and configs

@@ -36,10 +36,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 CORPORA = ROOT.parent / "shared" / "corpora"
 sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT))  # tests.support: the one free_port and readiness wait
 
 from archon.agent.answer_eval import load_answers, report, run, summarise  # noqa: E402
-from tests.support.servers import free_port, wait_until  # noqa: E402
+from archon.readiness import free_port, wait_until  # noqa: E402
 
 
 def default_sources(path: Path) -> Path:

@@ -35,9 +35,9 @@ import httpx
 import openai
 from report import percentile, replace_section
 
+from archon.readiness import free_port, wait_until
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # tests.support: the one free_port and readiness wait
-from tests.support.servers import free_port, wait_until  # noqa: E402
 
 TOPICS = [
     "Kubernetes readiness probes",

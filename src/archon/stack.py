@@ -22,7 +22,7 @@ import httpx
 import yaml
 
 import archon
-from archon.ports import port_in_use
+from archon.readiness import port_in_use, wait_until
 
 STOP_ORDER = ("agent", "knowledge base", "model server")  # the front door closes first
 # Seconds before each restart of a part that died, in a row; one more death after the last of
@@ -182,11 +182,11 @@ def _ready(part: Part, client: httpx.Client) -> tuple[bool, str]:
 def wait_ready(
     parts: list[Part], timeout: float, report: Callable[[str], None], poll: float = 0.5
 ) -> None:
-    deadline = time.monotonic() + timeout
     pending = list(parts)
     last_state: dict[str, str] = {}
     with httpx.Client(timeout=5) as client:
-        while pending:
+
+        def all_ready() -> bool:
             for part in list(pending):
                 code = part.exited()
                 if code is not None:
@@ -198,10 +198,14 @@ def wait_ready(
                 elif last_state.get(part.name) != state:
                     last_state[part.name] = state
                     report(f"{part.name}: {state}")
-            if pending and time.monotonic() > deadline:
-                raise PartFailed(pending[0], f"the {pending[0].name} was not ready in {timeout:g}s")
-            if pending:
-                time.sleep(poll)
+            return not pending
+
+        try:
+            wait_until(all_ready, timeout=timeout, what="archon up", poll=poll)
+        except TimeoutError:
+            raise PartFailed(
+                pending[0], f"the {pending[0].name} was not ready in {timeout:g}s"
+            ) from None
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Start real ``archon serve`` processes on free ports and wait for them.
 
-``wait_until`` is the one readiness wait for tests/ and benchmarks/; ``free_port`` and
-``port_open`` are archon.ports' (which `archon up` uses too).
+``wait_until`` (the one readiness wait, loud at its deadline), ``free_port`` and ``port_open``
+are archon.readiness', which `archon up` uses too.
 """
 
 from __future__ import annotations
@@ -9,46 +9,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from archon.ports import free_port, port_in_use
+from archon.readiness import free_port, port_in_use, wait_until
 
 ARCHON = [sys.executable, "-m", "archon.cli"]
 # The bundled model every test server serves, and the shared server's settings (conftest.py).
 MODEL = "smollm2-135m-instruct"
 SLOTS = 2
 MAX_REQUEST_BYTES = 64 * 1024
-
-
-def wait_until(
-    check: Callable[[], bool],
-    *,
-    timeout: float,
-    what: str,
-    process: subprocess.Popen | None = None,
-    log: Callable[[], str] = str,
-    poll: float = 0.1,
-) -> None:
-    """Return once ``check()`` is true; raise when ``process`` exits first (RuntimeError) or the
-    deadline passes (TimeoutError), with ``log()`` in the message. A check that raises
-    httpx.HTTPError or OSError (not listening yet) counts as not yet."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{what}: the process exited {process.returncode}:\n{log()}")
-        try:
-            if check():
-                return
-        except (httpx.HTTPError, OSError):
-            pass
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{what}: not within {timeout:g}s:\n{log()}")
-        time.sleep(poll)
 
 
 def port_open(port: int) -> bool:
