@@ -1,8 +1,9 @@
 """Full-sync time and retrieval quality of the embedding backends, in one run on one machine.
 
 Syncs the three real corpora (../shared/corpora, 553 Markdown files) once per backend (torch =
-sentence-transformers fp32, the reference; torch-bf16; onnx; onnx-int8), then scores each store on the judged
-sets (benchmarks/data/kb_judged/*.jsonl by split, and benchmarks/data/kb_queries.jsonl).
+sentence-transformers fp32, the reference; torch-bf16; onnx; onnx-int8), then scores each store
+on the judged sets (benchmarks/data/kb_judged/*.jsonl by split, and
+benchmarks/data/kb_queries.jsonl).
 
     .venv/bin/python benchmarks/kb_embed_bench.py [--backends torch-bf16 onnx-int8 torch]
         [--json out.json]
