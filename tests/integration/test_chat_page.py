@@ -32,9 +32,8 @@ from tests.support.stack import start_kb, wait_agent_ready
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's, from scripts/install-system-deps.sh
 ANSWER_TIMEOUT_MS = 180_000  # the CPU is shared; the 135M model usually needs a few seconds
-# The page asks for max_tokens 512; the test lowers it in the requests the page sends
-# (see ChatPage) to keep the small model's rambles short.
-PAGE_MAX_TOKENS = 512
+# The page sends no max_tokens (the agent's per-model default applies); the test adds one to
+# the requests the page sends (see ChatPage) to keep the small model's rambles short.
 MAX_TOKENS = 48
 DOC_URL = "https://docs.example.test/"
 XSS_SCRIPT = "<script>window.__xss=1</script>"
@@ -132,7 +131,7 @@ class ChatPage:
 
     def __init__(self, page: Page):
         self.page = page
-        self.max_tokens: int | None = MAX_TOKENS  # None: as the page sent it
+        self.max_tokens: int | None = MAX_TOKENS  # None: as the page sent it (none)
         self.ignore_eos = False  # True: the answer surely runs its max_tokens
         self.errors: list[str] = []
         self.requests: list[dict] = []
@@ -527,7 +526,7 @@ def test_small_model_note_and_cap_notice(agent: Server, chat: ChatPage):
     expect(answer.get_by_test_id("cap-notice")).to_be_visible()
     expect(answer.get_by_test_id("cap-notice")).to_contain_text("Answer cut at 8 tokens")
     sent = chat.requests[0]
-    assert sent["max_tokens"] == PAGE_MAX_TOKENS
+    assert "max_tokens" not in sent  # the agent's default for the model decides
     assert sent["stream_options"] == {"include_usage": True}
     assert chat.unexpected_errors() == []
 
@@ -535,8 +534,8 @@ def test_small_model_note_and_cap_notice(agent: Server, chat: ChatPage):
 def test_a_key_with_a_lower_cap_gets_its_default(
     tmp_path: Path, standin: FakeUpstream, kb: str, chat: ChatPage
 ):
-    """The key may ask for at most 64 tokens: the page's 512 is refused, so it asks again
-    without max_tokens and the agent applies the key's default; the cut is told."""
+    """The key may ask for at most 64 tokens: the page asks for no length of its own, so the
+    agent applies the key's default in one request (no 400, no retry); the cut is told."""
     keys = tmp_path / "keys.yaml"
     keys.write_text("keys:\n  - name: capped\n    key: capkey\n    max_tokens: 64\n")
     standin.reply = None  # "tok " until max_tokens, finish_reason "length"
@@ -550,7 +549,7 @@ def test_a_key_with_a_lower_cap_gets_its_default(
         expect(answer.get_by_test_id("cap-notice")).to_have_text(
             "Answer cut at 64 tokens (max_tokens)."
         )
-        assert [r.get("max_tokens") for r in chat.requests] == [PAGE_MAX_TOKENS, None]
+        assert [r.get("max_tokens") for r in chat.requests] == [None]
         assert standin.bodies[-1]["max_tokens"] == 64
         assert chat.unexpected_errors("status of 400") == []
     finally:

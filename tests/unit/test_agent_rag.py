@@ -35,24 +35,30 @@ def chunk(n: int, text: str = "Some text about PromQL selectors. " * 5) -> dict:
     }
 
 
-def test_context_is_one_system_message_with_numbered_blocks() -> None:
-    messages = [{"role": "user", "content": "How do I select series?"}]
+def test_excerpts_go_in_the_last_user_turn_with_numbered_blocks() -> None:
+    messages = [
+        {"role": "user", "content": "How do I install it?"},
+        {"role": "assistant", "content": "With helm."},
+        {"role": "user", "content": "How do I select series?"},
+    ]
     augmented, sources = augment(messages, [chunk(1), chunk(2)], max_chars=6000)
-    assert [m["role"] for m in augmented] == ["system", "user"]
-    system = augmented[0]["content"]
-    assert "[1] prometheus: docs/querying/f1.md — Querying basics \u203a Part 1" in system
-    assert "[2] prometheus: docs/querying/f2.md" in system
+    assert [m["role"] for m in augmented] == ["system", "user", "assistant", "user"]
+    assert augmented[0]["content"] == PREAMBLE
+    assert augmented[1:3] == messages[:2]  # earlier turns as they were
+    last = augmented[-1]["content"]
+    assert "[1] prometheus: docs/querying/f1.md — Querying basics \u203a Part 1" in last
+    assert "[2] prometheus: docs/querying/f2.md" in last
     assert [s["index"] for s in sources] == [1, 2]
     assert sources[0]["url"] == "https://example.test/f1.md#L1"
-    assert messages == [{"role": "user", "content": "How do I select series?"}]  # not mutated
+    assert messages[-1] == {"role": "user", "content": "How do I select series?"}  # not mutated
 
 
-def test_the_rules_come_after_the_excerpts_nearest_the_question() -> None:
+def test_the_rules_come_after_the_excerpts_then_the_question() -> None:
     augmented, _ = augment([{"role": "user", "content": "q"}], [chunk(1), chunk(2)], 6000)
-    system = augmented[0]["content"]
-    assert system.startswith(PREAMBLE)
-    assert system.index("[1] prometheus") < system.index("[2] prometheus") < system.index(RULES)
-    assert system.endswith(RULES)
+    last = augmented[-1]["content"]
+    assert last.startswith("Documentation excerpts:")
+    assert last.index("[1] prometheus") < last.index("[2] prometheus") < last.index(RULES)
+    assert last.endswith(RULES + "\n\nQuestion: q")
     assert REFUSAL in RULES and "[1]" in RULES and "backticks" in RULES
     assert is_refusal(REFUSAL)  # what the model is told to say counts as a refusal
 
@@ -64,7 +70,7 @@ def test_an_existing_system_message_is_extended_not_duplicated() -> None:
     ]
     augmented, _ = augment(messages, [chunk(1)], max_chars=6000)
     assert [m["role"] for m in augmented] == ["system", "user"]
-    assert augmented[0]["content"].startswith("You are terse.\n\n")
+    assert augmented[0]["content"] == "You are terse.\n\n" + PREAMBLE
 
 
 def test_context_budget_truncates_and_drops_chunks() -> None:
@@ -76,8 +82,8 @@ def test_context_budget_truncates_and_drops_chunks() -> None:
     augmented, sources = augment(
         [{"role": "user", "content": "q"}], [chunk(1, long)], max_chars=1200
     )
-    assert len(augmented[0]["content"]) < 1200 + 800
-    assert "word …\n\nRules:" in augmented[0]["content"]
+    assert len(augmented[-1]["content"]) < 1200 + 800
+    assert "word …\n\nRules:" in augmented[-1]["content"]
 
 
 def test_no_chunks_leaves_the_messages_alone() -> None:
@@ -112,6 +118,27 @@ def test_citations_are_marked() -> None:
     assert [s["cited"] for s in mark_cited(sources, "See [2].")] == [False, True]
     sources = [{"index": 1}, {"index": 2}, {"index": 3}]
     assert [s["cited"] for s in mark_cited(sources, "See [1, 3].")] == [True, False, True]
+
+
+def test_a_quote_of_an_excerpt_marks_it_cited() -> None:
+    chunks = [
+        chunk(1, "Run `archon kb sync` to index every source once, then start the service."),
+        chunk(2, "The agent listens on port 8080 and forwards chats to the model servers."),
+    ]
+    _, sources = augment([{"role": "user", "content": "q"}], chunks, 6000)
+
+    def cited(answer: str) -> list[bool]:
+        marked = mark_cited(sources, answer)
+        assert all("_excerpt" not in s for s in marked)  # the prompt's text stays inside
+        return [s["cited"] for s in marked]
+
+    assert cited("Use `archon kb sync`.") == [True, False]  # a command copied from [1]
+    assert cited("Use `archon kb reindex`.") == [False, False]  # in no excerpt
+    assert cited("Try `on`.") == [False, False]  # too short to tell
+    assert cited("It listens on port 8080 and forwards chats to the model.") == [False, True]
+    assert cited("It listens on port 8080 and forwards requests.") == [False, False]  # 7 words
+    assert cited("See [1]; `archon kb sync`") == [True, False]
+    assert "_excerpt" in sources[0]  # kept for marking, until the answer is done
 
 
 def test_sources_carry_a_short_snippet() -> None:

@@ -11,8 +11,8 @@
     modelNote: $("model-note"),
   };
   const KEY_STORAGE = "archon.apiKey";
-  // Each answer stops here: a small model otherwise goes on until its context is full.
-  const MAX_TOKENS = 512;
+  // No max_tokens of the page's own: the agent's per-model default (128 for the bundled model,
+  // docs/agent.md "Generation defaults") and a key's own default apply, and they stop it.
   const SMALL_MODEL = /smollm2-135m/i;  // the bundled model: tiny, its note says how to go bigger
   const NOTICES = {
     degraded: "Knowledge base unavailable — answered without your docs.",
@@ -225,7 +225,7 @@
       }
       if (end.finishReason) root.dataset.finish = end.finishReason;
       if (end.finishReason === "length") {
-        const n = end.tokens ?? end.maxTokens;
+        const n = end.tokens;
         cap.textContent = n ? `Answer cut at ${n} tokens (max_tokens).` : "Answer cut at the token limit.";
         cap.hidden = false;
       }
@@ -277,10 +277,10 @@
     ui.stop.disabled = false;
     let answer = "";
     let sources = [];
-    const end = { finishReason: null, tokens: null, maxTokens: MAX_TOKENS };
+    const end = { finishReason: null, tokens: null };
     try {
       const body = {
-        messages: turns, stream: true, max_tokens: MAX_TOKENS,
+        messages: turns, stream: true,
         stream_options: { include_usage: true },  // the cap notice tells the tokens it got
         archon: { rag: ui.useKb.checked },
       };
@@ -290,16 +290,6 @@
         res = await api("/v1/chat/completions", {
           method: "POST", body: JSON.stringify(body), signal: controller.signal,
         });
-        if (res.status === 400) {
-          const err = await errorFrom(res);
-          if (err.code !== "max_tokens_above_limit") throw err;
-          // The key's own cap is lower than the page's: let the agent apply the key's default.
-          delete body.max_tokens;
-          end.maxTokens = null;
-          res = await api("/v1/chat/completions", {
-            method: "POST", body: JSON.stringify(body), signal: controller.signal,
-          });
-        }
       } catch (err) {
         if (err.name !== "TypeError") throw err;
         throw new Error(`Could not reach the agent (${err.message}).`);
