@@ -19,6 +19,12 @@ from tests.support.stack import querying_docs_sources
 pytestmark = pytest.mark.slow
 
 
+def as_from_a_terminal() -> None:
+    """Ctrl-C reaches `archon up` even when the test run itself ignores SIGINT (started under
+    nohup or `&`): a process that starts with SIGINT ignored keeps ignoring it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt(process: subprocess.Popen) -> int:
     """Ctrl-C for `archon up`; its exit status once it has stopped everything."""
     process.send_signal(signal.SIGINT)
@@ -50,6 +56,7 @@ def test_up_starts_everything_answers_with_sources_and_stops_on_ctrl_c(tmp_path:
         stdout=out,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
+        preexec_fn=as_from_a_terminal,
         env={**os.environ, "ARCHON_THREADS": "2", "ARCHON_AGENT_KB_TIMEOUT": "30"},
     )
     try:
@@ -146,6 +153,7 @@ def test_up_restarts_a_part_that_dies_and_the_agent_answers_degraded_meanwhile(
         stdout=out_path.open("w"),
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
+        preexec_fn=as_from_a_terminal,
         env={**os.environ, "ARCHON_THREADS": "2", "ARCHON_AGENT_HEALTH_INTERVAL": "1"},
     )
 
