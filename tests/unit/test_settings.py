@@ -59,6 +59,7 @@ def test_quantization_none_spellings(value: str) -> None:
         ('  max_model_len: "8"\n', "max_model_len"),
         ('  llm_model: "  "\n', "llm_model"),
         ('  port: "70000"\n', "port"),
+        ('  cpu_repack: "maybe"\n', "cpu_repack"),
     ],
 )
 def test_bad_values_name_the_setting_and_where_to_set_it(
@@ -91,3 +92,15 @@ def test_malformed_configmap_files(tmp_path: Path, body: str, needle: str) -> No
 def test_missing_configmap_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="file not found"):
         read_configmap(tmp_path / "nope.yaml")
+
+
+def test_cpu_repack_from_the_configmap_and_the_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cm = write_cm(tmp_path, 'data:\n  cpu_repack: "on"\n')
+    assert load_model_server_settings(cm).cpu_repack == "on"
+    monkeypatch.setenv("ARCHON_CPU_REPACK", "off")
+    assert load_model_server_settings(cm).cpu_repack == "off"
+    assert load_model_server_settings().cpu_repack == "off"
+    monkeypatch.delenv("ARCHON_CPU_REPACK")
+    assert load_model_server_settings().cpu_repack == "auto"
