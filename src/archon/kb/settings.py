@@ -11,6 +11,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from archon.settings import load_settings
 
+# How the local embedding model runs (archon.kb.embeddings.resolve_backend picks for "auto").
+EmbeddingBackend = Literal["auto", "torch", "torch-bf16", "onnx", "onnx-int8"]
+
 
 class KnowledgeBaseSettings(BaseSettings):
     """Settings of `archon kb serve` and `archon kb sync`."""
@@ -27,7 +30,7 @@ class KnowledgeBaseSettings(BaseSettings):
     embedding_url: str | None = Field(
         None, description="OpenAI-compatible /v1/embeddings base URL instead of the local model."
     )
-    embedding_backend: Literal["auto", "torch", "torch-bf16", "onnx", "onnx-int8"] = Field(
+    embedding_backend: EmbeddingBackend = Field(
         "auto",
         description="How the local model runs. auto: torch-bf16 on a CPU with bfloat16 "
         "hardware (AMX or AVX-512 BF16), else onnx-int8; a store of int8 vectors stays int8. "

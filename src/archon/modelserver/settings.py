@@ -20,6 +20,8 @@ from archon.modelserver import quantization
 from archon.settings import load_settings
 from archon.settings import read_configmap as read_configmap_with
 
+CpuRepack = Literal["auto", "on", "off"]  # see engines/llamacpp_native.use_repack
+
 # vLLM's --quantization choices that a vllm-config ConfigMap may name; "none" means no flag.
 QUANTIZATION_METHODS = frozenset(quantization.METHODS)
 
@@ -57,7 +59,7 @@ class ModelServerSettings(BaseSettings):
     max_waiting: int = Field(
         512, ge=0, description="Requests allowed to wait for a slot before 503; 0 = no limit."
     )
-    cpu_repack: Literal["auto", "on", "off"] = Field(
+    cpu_repack: CpuRepack = Field(
         "auto",
         description="llama.cpp's repacked weight layouts (its AMX and CPU_REPACK buffers). auto: "
         "off when the llama.cpp build uses AMX, whose kernels crash on the first prompt on "

@@ -50,6 +50,7 @@ from archon.modelserver.engines.llamacpp_sequence import (
     new_group,
     split_stop,
 )
+from archon.modelserver.settings import CpuRepack
 
 log = logging.getLogger("archon.engine")
 
@@ -69,7 +70,7 @@ class LlamaCppEngine:
         slots: int,
         threads: int,
         batch_size: int,
-        cpu_repack: str = "auto",
+        cpu_repack: CpuRepack = "auto",
     ):
         native = llamacpp_native.load(
             model_path,

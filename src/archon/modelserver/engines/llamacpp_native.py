@@ -14,6 +14,7 @@ from typing import Any
 from archon.errors import InvalidRequestError, ModelLoadError
 from archon.modelserver.chat_template import ChatTemplate
 from archon.modelserver.engines.llamacpp_sampling import Vocabulary
+from archon.modelserver.settings import CpuRepack
 
 log = logging.getLogger("archon.modelserver")
 
@@ -72,7 +73,7 @@ class NativeModel:
         self.ll.llama_model_free(self.model)
 
 
-def use_repack(setting: str, system_info: bytes) -> bool:
+def use_repack(setting: CpuRepack, system_info: bytes) -> bool:
     """Whether llama.cpp may repack the weights into its extra buffer types (AMX, CPU_REPACK).
     ``auto`` says no to a build with AMX: its matrix kernels hit a general protection fault on
     the first prompt on virtualised Sapphire/Granite Rapids (ggml-org/llama.cpp#20824,
@@ -89,7 +90,7 @@ def load(
     slots: int,
     threads: int,
     batch_size: int,
-    cpu_repack: str = "auto",
+    cpu_repack: CpuRepack = "auto",
 ) -> NativeModel:
     """Load a GGUF on the CPU with a context of ``slots`` sequences of ``max_model_len`` tokens;
     a ModelLoadError names the setting to change when llama.cpp refuses."""
