@@ -180,6 +180,7 @@ def main() -> None:
                 params=params,
                 concurrency=args.concurrency,
                 progress=_progress(name),
+                count_tokens=tokenizer(f"http://127.0.0.1:{model_port}"),
             )
             scores = summarise(answers, questions)
             took = time.perf_counter() - began
@@ -205,6 +206,21 @@ def main() -> None:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def tokenizer(model_url: str):
+    """The whole answer's length in the model's own tokens (the model server's /tokenize)."""
+
+    def count(text: str) -> int:
+        resp = httpx.post(
+            model_url + "/tokenize",
+            json={"prompt": text, "add_special_tokens": False},
+            timeout=30,
+        )
+        resp.raise_for_status()
+        return int(resp.json()["count"])
+
+    return count
 
 
 def _progress(name: str):

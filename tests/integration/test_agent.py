@@ -4,6 +4,7 @@ Prometheus querying docs, the agent in between, and the `openai` SDK as the clie
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from archon.agent.auth import hash_key
 from tests.support.fake_upstream import FAKE_MODEL, FakeUpstream
 from tests.support.servers import MODEL, Server, start_server
 from tests.support.stack import (
+    PROMETHEUS_DOCS,
     querying_docs_sources,
     running_agent,
     start_agent,
@@ -84,6 +86,45 @@ def test_streamed_answer_ends_with_the_sources(agent: Server) -> None:
     assert chunks[-1].choices[0].finish_reason in ("length", "stop")
     paths = {s["path"] for s in chunks[-1].model_extra["sources"]}
     assert "docs/querying/functions.md" in paths
+
+
+LEAD = re.compile(r"From \[(\d+)\] (docs/querying/[\w.-]+\.md), line (\d+):\n\n")
+
+
+def test_the_bundled_models_answer_starts_with_the_docs_own_passage(agent: Server) -> None:
+    completion = client(agent).chat.completions.create(model=MODEL, messages=ask(), max_tokens=8)
+    text = completion.choices[0].message.content or ""
+    lead = LEAD.match(text)
+    assert lead, text[:300]
+    n, path, line = int(lead[1]), lead[2], int(lead[3])
+    passage = text[lead.end() :].split("\n\n", 1)[0]
+    # Verbatim from the file, at the line the answer names (the corpus as it is on disk).
+    lines = (PROMETHEUS_DOCS / path).read_text().splitlines()
+    assert lines[line - 1] == passage.splitlines()[0]
+    assert "rate" in passage.lower()
+    sources = completion.model_extra["sources"]
+    assert sources[n - 1]["path"] == path and sources[n - 1]["cited"] is True
+    # The stream carries the same answer start, in its first content.
+    stream = client(agent).chat.completions.create(
+        model=MODEL, messages=ask(), max_tokens=8, stream=True
+    )
+    chunks = list(stream)
+    contents = [c.choices[0].delta.content for c in chunks if c.choices]
+    first = next(c for c in contents if c)
+    assert first.startswith(lead[0] + passage)
+    assert chunks[-1].model_extra["sources"][n - 1]["cited"] is True
+
+
+def test_an_operator_can_turn_the_lead_quote_off(
+    tmp_path: Path, server: Server, kb: Server
+) -> None:
+    env = {**AGENT_ENV, "ARCHON_AGENT_GENERATION": "{default: {lead_quote: false}}"}
+    with running_agent(tmp_path, [server.url], kb.url, env) as agent:
+        completion = client(agent).chat.completions.create(
+            model=MODEL, messages=ask(), max_tokens=8
+        )
+    assert not LEAD.match(completion.choices[0].message.content or "")
+    assert completion.usage is not None and completion.usage.completion_tokens <= 8
 
 
 def test_stream_with_usage_puts_the_sources_on_the_usage_chunk(agent: Server) -> None:

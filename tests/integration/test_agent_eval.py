@@ -7,9 +7,10 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from archon.agent.answer_eval import contains, is_refusal
+from archon.agent.answer_eval import Question, contains, is_refusal, run
 from tests.support.servers import Server, free_port, run_cli
 from tests.support.stack import running_agent, start_kb
 
@@ -37,8 +38,8 @@ QUESTIONS = [
 
 
 @pytest.fixture(scope="module")
-def agent(tmp_path_factory: pytest.TempPathFactory, server: Server) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("eval")
+def kb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("eval-kb")
     sources = tmp / "sources.yaml"
     sources.write_text(
         "sources:\n"
@@ -47,16 +48,21 @@ def agent(tmp_path_factory: pytest.TempPathFactory, server: Server) -> Iterator[
         '    include: ["docs/knowledge-base.md", "docs/api.md"]\n'
     )
     kb = start_kb(tmp, sources)
+    try:
+        yield kb
+    finally:
+        kb.stop()
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory, server: Server, kb: Server) -> Iterator[Server]:
     # Short answers and context keep two questions quick on two shared cores.
     env = {
         "ARCHON_AGENT_MAX_CONTEXT_CHARS": "2000",
         "ARCHON_AGENT_GENERATION": '{"default": {"max_tokens": 48}, "models": {}}',
     }
-    try:
-        with running_agent(tmp, [server.url], kb.url, env) as agent:
-            yield agent
-    finally:
-        kb.stop()
+    with running_agent(tmp_path_factory.mktemp("eval"), [server.url], kb.url, env) as agent:
+        yield agent
 
 
 def test_eval_asks_through_the_agent_and_scores_each_split(agent: Server, tmp_path: Path) -> None:
@@ -115,3 +121,31 @@ def test_eval_against_no_agent_fails_with_one_line(tmp_path: Path) -> None:
     assert "holds no question of split 'nope'" in bad.stderr
     worse = run_cli("agent", "eval", str(answers), "--set", "temperature")
     assert worse.returncode == 2 and "expected NAME=VALUE" in worse.stderr
+
+
+def test_the_lead_quote_answers_the_make_run_question_and_is_counted(
+    tmp_path: Path, server: Server, kb: Server
+) -> None:
+    """The question a newcomer asks first: the answer starts with the docs' `archon kb sync`,
+    cites docs/knowledge-base.md, and its length counts the quote (usage counts the model's)."""
+    env = {
+        "ARCHON_AGENT_MAX_CONTEXT_CHARS": "2000",
+        "ARCHON_AGENT_GENERATION": '{"default": {"max_tokens": 16, "lead_quote": true}}',
+    }
+
+    def count(text: str) -> int:
+        resp = httpx.post(server.url + "/tokenize", json={"prompt": text}, timeout=30)
+        resp.raise_for_status()
+        return int(resp.json()["count"])
+
+    sync = Question(**QUESTIONS[0])
+    with running_agent(tmp_path, [server.url], kb.url, env) as led:
+        [answer] = run(led.url, [sync], count_tokens=count)
+    assert answer.error is None
+    head = answer.text.split("\n\n", 2)
+    assert head[0].startswith("From [") and "docs/knowledge-base.md, line " in head[0]
+    assert "archon kb sync" in "\n\n".join(head[:2])  # in the first lines
+    assert answer.essential
+    assert "archon:docs/knowledge-base.md" in answer.cited
+    assert answer.completion_tokens is not None and answer.completion_tokens <= 16
+    assert answer.answer_tokens is not None and answer.answer_tokens > answer.completion_tokens

@@ -14,7 +14,13 @@ import yaml
 from archon.agent.auth import hash_key
 from tests.support.fake_upstream import FAKE_MODEL, FakeUpstream
 from tests.support.servers import MODEL, Server
-from tests.support.stack import running_agent, start_agent, wait_agent_ready
+from tests.support.stack import (
+    querying_docs_sources,
+    running_agent,
+    start_agent,
+    start_kb,
+    wait_agent_ready,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -142,3 +148,53 @@ def test_a_stream_stops_at_the_default_too(agent: Server) -> None:
     )
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 12
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+
+
+def test_a_quoted_answer_gets_the_shorter_default_and_starts_with_the_quote(
+    tmp_path: Path, fake: FakeUpstream
+) -> None:
+    """Through a real knowledge base (the Prometheus querying docs) to the stand-in: the body
+    the model server gets, and what the client reads."""
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(
+        yaml.safe_dump(
+            {
+                "keys": [
+                    {"name": "own", "key": hash_key("sk-own"), "default_max_tokens": 3},
+                    {"name": "plain", "key": hash_key("sk-plain")},
+                ]
+            }
+        )
+    )
+    generation = {
+        "models": {"fake-*": {"lead_quote": True, "max_tokens": 50, "quoted_max_tokens": 6}}
+    }
+    kb = start_kb(tmp_path, querying_docs_sources(tmp_path))
+    try:
+        env = {
+            "ARCHON_AGENT_GENERATION": json.dumps(generation),
+            "ARCHON_AGENT_API_KEYS_FILE": str(keys),
+        }
+        with running_agent(tmp_path, [fake.url], kb.url, env) as agent:
+            client = sdk(agent, "sk-plain")
+            ask = [{"role": "user", "content": "How does rate() compute a per-second rate?"}]
+            answer = client.chat.completions.create(model=FAKE_MODEL, messages=ask)
+            assert fake.bodies[-1]["max_tokens"] == 6  # quoted: the shorter default
+            assert "lead_quote" not in fake.bodies[-1]
+            text = answer.choices[0].message.content or ""
+            assert text.startswith("From [") and "docs/querying/" in text.split("\n")[0]
+            stream = client.chat.completions.create(model=FAKE_MODEL, messages=ask, stream=True)
+            streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+            assert streamed.split("\n\n")[:2] == text.split("\n\n")[:2]
+
+            client.chat.completions.create(model=FAKE_MODEL, messages=ask, max_tokens=40)
+            assert fake.bodies[-1]["max_tokens"] == 40  # the request's own length wins
+            off = client.chat.completions.create(
+                model=FAKE_MODEL, messages=ask, extra_body={"archon": {"rag": False}}
+            )
+            assert fake.bodies[-1]["max_tokens"] == 50  # no quote: the model's default
+            assert not (off.choices[0].message.content or "").startswith("From [")
+            sdk(agent, "sk-own").chat.completions.create(model=FAKE_MODEL, messages=ask)
+            assert fake.bodies[-1]["max_tokens"] == 3  # a key's own default wins
+    finally:
+        kb.stop()

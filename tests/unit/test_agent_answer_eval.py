@@ -137,6 +137,7 @@ def test_summary_per_split_and_all() -> None:
     assert tune.refusal_rate == 0.5
     assert tune.false_refusals == 0.0
     assert tune.median_tokens == 40
+    assert tune.median_answer_tokens is None  # nothing counted the whole texts
     assert tune.by_corpus == {"archon": pytest.approx(1 / 3)}
     assert (test.questions, test.answerable, test.errors, test.fact_recall) == (2, 1, 1, 1.0)
     assert test.refusal_rate is None  # no unanswerable question in that split
@@ -160,3 +161,12 @@ def test_the_judged_set_loads_and_splits(tmp_path: Path) -> None:
         load_answers(bad)
     with pytest.raises(ConfigError, match="holds no question of split 'x'"):
         load_answers(ANSWERS, "x")
+
+
+def test_the_whole_answers_length_when_counted() -> None:
+    answers = [answer(SYNC, "From [1] a.md:\n\nquote\n\nmodel", tokens=t) for t in (10, 20, 30)]
+    for a, whole in zip(answers, (50, 70, 90), strict=True):
+        a.answer_tokens = whole
+    [tune] = summarise(answers)
+    assert (tune.median_tokens, tune.median_answer_tokens) == (20, 70)
+    assert "answer-tokens" in report([tune]) and " 70 " in report([tune])

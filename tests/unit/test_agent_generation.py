@@ -147,3 +147,28 @@ def test_the_operators_default_wins_over_built_in_model_values() -> None:
     built_in = parse_generation("{}")
     assert built_in.for_model("smollm2-135m-instruct").max_tokens == 128
     assert built_in.for_model("llama-3-8b").max_tokens == 256
+
+
+def test_the_lead_quote_is_on_for_the_bundled_model_only_and_the_operator_decides() -> None:
+    built_in = parse_generation("{}")
+    assert built_in.for_model("smollm2-135m-instruct").lead_quote is True
+    assert built_in.for_model("llama-3-8b").lead_quote is False
+    data = {"model": "smollm2-135m-instruct"}
+    apply_generation(built_in, data)
+    assert "lead_quote" not in data  # the agent's own choice, never sent to the model server
+    off = parse_generation("{default: {lead_quote: false}}")  # an operator's default wins
+    assert off.for_model("smollm2-135m-instruct").lead_quote is False
+    on = parse_generation("{models: {'qwen*': {lead_quote: true}}}")
+    assert on.for_model("qwen2.5-0.5b").lead_quote is True
+    with pytest.raises(ValueError, match="lead_quote"):
+        parse_generation("{default: {lead_quote: maybe}}")
+
+
+def test_a_quoted_answer_has_a_shorter_default_length_unless_the_operator_chose_one() -> None:
+    built_in = parse_generation("{}").for_model("smollm2-135m-instruct")
+    assert (built_in.max_tokens, built_in.quoted_max_tokens) == (128, 32)
+    chosen = parse_generation("{default: {max_tokens: 400}}").for_model("smollm2-x")
+    assert (chosen.max_tokens, chosen.quoted_max_tokens) == (400, None)
+    capped = parse_generation("{default: {max_tokens_cap: 20}}").for_model("smollm2-x")
+    assert (capped.max_tokens, capped.quoted_max_tokens) == (20, 20)
+    assert parse_generation("{}").for_model("llama-3").quoted_max_tokens is None

@@ -14,6 +14,7 @@ from archon.agent.rag import (
     ArchonOptions,
     augment,
     conversation_key,
+    lead_quote,
     mark_cited,
     retrieval_query,
 )
@@ -73,17 +74,34 @@ def test_an_existing_system_message_is_extended_not_duplicated() -> None:
     assert augmented[0]["content"] == "You are terse.\n\n" + PREAMBLE
 
 
-def test_context_budget_truncates_and_drops_chunks() -> None:
-    long = "word " * 400  # 2000 chars
-    _, sources = augment(
-        [{"role": "user", "content": "q"}], [chunk(i, long) for i in (1, 2, 3)], 3000
-    )
-    assert len(sources) == 2  # the second one cut to fit, the third dropped
+def test_every_chunk_gets_a_share_of_the_budget_around_its_best_passage() -> None:
+    filler = "\n\n".join(f"Paragraph {i} of filler words here." for i in range(60))  # 2.2k
+    texts = [filler + f"\n\nThe answer {n} is `archon kb sync`.\n\n" + filler for n in (1, 2, 3)]
     augmented, sources = augment(
-        [{"role": "user", "content": "q"}], [chunk(1, long)], max_chars=1200
+        [{"role": "user", "content": "How do I sync?"}],
+        [chunk(n, t) for n, t in zip((1, 2, 3), texts, strict=True)],
+        3000,
+        query="How do I sync?",
     )
-    assert len(augmented[-1]["content"]) < 1200 + 800
-    assert "word …\n\nRules:" in augmented[-1]["content"]
+    assert len(sources) == 3  # before, the first two long chunks filled it
+    prompt = augmented[-1]["content"]
+    assert len(prompt) < 3000 + len(RULES) + 200
+    for n in (1, 2, 3):
+        assert f"The answer {n} is `archon kb sync`." in prompt  # each window holds its match
+    assert sources[0]["_excerpt"] in texts[0] and len(sources[0]["_excerpt"]) < len(texts[0])
+    assert sources[0]["snippet"].startswith("Paragraph")  # of the window, not the chunk start
+    assert "The answer 1 is" in sources[0]["_excerpt"]
+    # The excerpt's first file line: the chunk's start_line plus the lines skipped.
+    line = sources[0]["_excerpt_line"]
+    assert texts[0].splitlines()[line - 1] == sources[0]["_excerpt"].splitlines()[0]
+
+
+def test_a_share_too_small_to_help_is_left_out() -> None:
+    long = "word " * 400
+    _, sources = augment(
+        [{"role": "user", "content": "q"}], [chunk(i, long) for i in range(1, 9)], 1200
+    )
+    assert len(sources) == 4  # 8 shares of 150 chars would be slivers: the first 4 get 300
 
 
 def test_no_chunks_leaves_the_messages_alone() -> None:
@@ -191,3 +209,21 @@ def test_a_bad_keys_file_is_a_config_error(tmp_path) -> None:
     empty.write_text("# nothing\n")
     with pytest.raises(ConfigError, match="holds no key"):
         KeyRing.load([], empty)
+
+
+def test_the_lead_quote_is_the_best_passage_with_its_file_and_line() -> None:
+    text = (
+        "## Sync\n\nThe service syncs every hour.\n\nTo sync now, run:\n\n"
+        "```bash\narchon kb sync --server http://localhost:8100\n```\n"
+    )
+    chunks = [chunk(1), {**chunk(2, text), "path": "docs/knowledge-base.md", "start_line": 40}]
+    _, sources = augment([{"role": "user", "content": "q"}], chunks, 6000, "q")
+    lead = lead_quote("How do I sync the knowledge base now?", sources)
+    assert lead == (
+        "From [2] docs/knowledge-base.md, line 44:\n\n"
+        "To sync now, run:\n\n```bash\narchon kb sync --server http://localhost:8100\n```\n\n"
+    )
+    assert text.splitlines()[44 - 40] == "To sync now, run:"  # line 44 of the file
+    # The quote names its source, so that source is marked cited.
+    assert [s["cited"] for s in mark_cited(sources, lead + "Run it.")] == [False, True]
+    assert lead_quote("zebra crossings", sources) is None

@@ -93,6 +93,7 @@ class Answer:
     retrieved_hit: bool = False
     refused: bool = False
     error: str | None = None
+    answer_tokens: int | None = None  # the whole text (a lead quote too), when counted
 
 
 @dataclass
@@ -113,6 +114,7 @@ class SplitScore:
     median_ttft: float | None
     errors: int = 0
     by_corpus: dict[str, float] = field(default_factory=dict)  # fact recall per corpus
+    median_answer_tokens: float | None = None  # the whole text's, when counted
 
 
 def normalise(text: str) -> str:
@@ -247,10 +249,13 @@ def run(
     timeout: float = 600.0,
     concurrency: int = 1,
     progress: Callable[[Answer], None] | None = None,
+    count_tokens: Callable[[str], int] | None = None,
 ) -> list[Answer]:
     """The answers in the questions' order. With ``concurrency`` > 1 that many questions are
     asked at once: quicker on a model server with free slots, but each answer's time then
-    includes sharing the server, so time to answer is a one-at-a-time measure."""
+    includes sharing the server, so time to answer is a one-at-a-time measure.
+    ``count_tokens`` (the model's tokenizer) measures each whole answer: ``usage`` counts only
+    what the model wrote, not text the agent put before it."""
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     limits = httpx.Limits(max_connections=max(concurrency, 1))
     with httpx.Client(
@@ -259,6 +264,8 @@ def run(
 
         def one(question: Question) -> Answer:
             answer = ask(client, question, model, params)
+            if count_tokens is not None and answer.error is None:
+                answer.answer_tokens = count_tokens(answer.text)
             if progress is not None:
                 progress(answer)
             return answer
@@ -323,6 +330,9 @@ def summarise(answers: list[Answer], questions: list[Question] | None = None) ->
                 median_ttft=_median([a.ttft for a in ok if a.ttft is not None]),
                 errors=len(group) - len(ok),
                 by_corpus={c: sum(f) / len(f) for c, f in by_corpus.items() if c != "-"},
+                median_answer_tokens=_median(
+                    [float(a.answer_tokens) for a in ok if a.answer_tokens is not None]
+                ),
             )
         )
     return scores
@@ -339,7 +349,7 @@ def report(scores: list[SplitScore]) -> str:
 
     head = (
         "split  n   facts  share  cite-prec  cites  retrieved  refusal  false-ref  "
-        "tokens(med/p90)  s(med)  ttft(med)"
+        "tokens(med/p90)  answer-tokens  s(med)  ttft(med)"
     )
     rows = [head]
     for s in scores:
@@ -347,7 +357,8 @@ def report(scores: list[SplitScore]) -> str:
             f"{s.split:<5} {s.questions:>3}  {pct(s.fact_recall):>5}  {pct(s.facts_share):>5}  "
             f"{pct(s.citation_precision):>9}  {pct(s.cite_rate):>5}  {pct(s.retrieved_hit):>9}  "
             f"{pct(s.refusal_rate):>7}  {pct(s.false_refusals):>9}  "
-            f"{num(s.median_tokens):>7}/{num(s.p90_tokens):<7}  {num(s.median_seconds, 1):>6}  "
+            f"{num(s.median_tokens):>7}/{num(s.p90_tokens):<7}  "
+            f"{num(s.median_answer_tokens):>13}  {num(s.median_seconds, 1):>6}  "
             f"{num(s.median_ttft, 2):>9}" + (f"  errors {s.errors}" if s.errors else "")
         )
     return "\n".join(rows)

@@ -172,6 +172,11 @@ class Gateway:
         if resp.status != 200 or prepared.outcome == "off" or route != "chat":
             return Response(raw, status_code=resp.status, media_type=content_type, headers=headers)
         data = json.loads(raw)
+        if prepared.lead is not None:
+            for choice in data.get("choices") or []:
+                message = choice.get("message") if isinstance(choice, dict) else None
+                if isinstance(message, dict):
+                    message["content"] = prepared.lead + str(message.get("content") or "")
         answer = "".join(
             str((c.get("message") or {}).get("content") or "") for c in data.get("choices") or []
         )

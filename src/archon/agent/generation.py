@@ -46,6 +46,17 @@ class Sampling(BaseModel):
     repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
     max_tokens: int | None = Field(None, ge=1, description="When the request names none.")
     max_tokens_cap: int | None = Field(None, ge=1, description="Requests above it are lowered.")
+    lead_quote: bool | None = Field(
+        None,
+        description="Start the answer with the retrieved passage that best matches the "
+        "question, verbatim, with its source (archon.agent.rag.lead_quote).",
+    )
+    quoted_max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="The default max_tokens when the answer starts with a lead quote: the "
+        "quote is part of the answer's length.",
+    )
 
     def over(self, base: Sampling) -> Sampling:
         """These values where set (null included: it unsets), ``base``'s elsewhere."""
@@ -71,11 +82,15 @@ def _measured_default() -> Sampling:
         repetition_penalty=1.1,
         max_tokens=256,
         max_tokens_cap=1024,
+        lead_quote=False,
     )
 
 
-# The bundled 135M model: past about 120 tokens its answers wander off (docs/benchmarks.md).
-BUILT_IN_MODELS = {"smollm2-*": Sampling(max_tokens=128)}
+# The bundled 135M model: past about 120 tokens its answers wander off, and it seldom copies
+# the command it was given, so its answers start with the docs' own passage (docs/benchmarks.md).
+BUILT_IN_MODELS = {
+    "smollm2-*": Sampling(max_tokens=128, lead_quote=True, quoted_max_tokens=32),
+}
 
 
 class GenerationSettings(BaseModel):
@@ -112,9 +127,12 @@ class GenerationSettings(BaseModel):
         values = {
             k: v for k, v in built_in.model_dump(exclude_unset=True).items() if k not in chosen
         }
+        if "max_tokens" in chosen:
+            values.pop("quoted_max_tokens", None)  # the operator's length is the length
         cap = self.default.max_tokens_cap
-        if cap is not None and values.get("max_tokens") is not None:
-            values["max_tokens"] = min(values["max_tokens"], cap)
+        for name in ("max_tokens", "quoted_max_tokens"):
+            if cap is not None and values.get(name) is not None:
+                values[name] = min(values[name], cap)
         return Sampling(**values)
 
     def for_model(self, model: Any) -> Sampling:
@@ -145,6 +163,10 @@ def parse_generation(value: Any) -> Any:
             raise ValueError(str(err["ctx"]["error"])) from None  # already says where
         where = ".".join(str(p) for p in err["loc"])
         raise ValueError(f"{where}: {err['msg']}") from None
+
+
+def names_a_length(data: dict[str, Any]) -> bool:
+    return any(data.get(f) is not None for f in _LENGTH_FIELDS)
 
 
 def apply_generation(

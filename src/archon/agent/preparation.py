@@ -10,7 +10,7 @@ from typing import Any
 
 from archon.agent.admission import Priority
 from archon.agent.auth import ApiKey
-from archon.agent.generation import apply_generation
+from archon.agent.generation import apply_generation, names_a_length
 from archon.agent.limits import Grant, Limiter
 from archon.agent.metrics import AgentMetrics
 from archon.agent.rag import (
@@ -20,6 +20,7 @@ from archon.agent.rag import (
     RetrievalError,
     augment,
     conversation_key,
+    lead_quote,
     retrieval_query,
 )
 from archon.agent.settings import AgentSettings
@@ -41,6 +42,7 @@ class Prepared:
     include_usage: bool = False  # the client asked for the usage chunk
     grant: Grant | None = None  # a metered key's admission (archon.agent.limits)
     priority: Priority = "interactive"  # its class in the admission queue
+    lead: str | None = None  # put before the model's answer (archon.agent.rag.lead_quote)
 
 
 @dataclass
@@ -72,7 +74,11 @@ class ChatPreparer:
             stream_options.get("include_usage")
         )
         # Before the limits, so that they see the body the model server will get.
+        own_length = names_a_length(data)
         changed |= apply_generation(self.settings.generation, data, key)
+        # The agent's own default length, if that is what the body now has (not the client's,
+        # nor, after the limits below, a key's): only that one yields to quoted_max_tokens.
+        our_length = None if own_length else data.get("max_tokens")
         grant = None
         if key is not None and key.metered and self.limits is not None:
             # Before retrieval: a refused request costs no knowledge-base query.
@@ -80,15 +86,25 @@ class ChatPreparer:
             changed |= grant.changed
         outcome: Outcome = "off"
         sources: list[dict[str, Any]] = []
+        lead = None
         if options.rag and self.kb is not None:
             try:
-                outcome, sources, augmented = await self._retrieve(self.kb, options, messages)
+                outcome, sources, augmented, query = await self._retrieve(
+                    self.kb, options, messages
+                )
             except BaseException:
                 if grant is not None:
                     grant.finish(499)
                 raise
             if augmented is not messages:
                 data["messages"], changed = augmented, True
+            values = self.settings.generation.for_model(model)
+            if sources and values.lead_quote:
+                lead = lead_quote(query, sources)
+            shorter = values.quoted_max_tokens
+            length = data.get("max_tokens")
+            if lead and shorter and our_length is not None and length == our_length > shorter:
+                data["max_tokens"], changed = shorter, True  # lower only: limits saw the body
         self.metrics.rag.labels(outcome).inc()
         conversation = conversation_key(model, messages) if self.pool.affinity else None
         body = json.dumps(data, ensure_ascii=False).encode() if changed else raw
@@ -101,20 +117,21 @@ class ChatPreparer:
             conversation,
             include_usage,
             grant,
+            lead=lead,
         )
 
     async def _retrieve(
         self, kb: KnowledgeBaseClient, options: ArchonOptions, messages: list[Any]
-    ) -> tuple[Outcome, list[dict[str, Any]], list[Any]]:
+    ) -> tuple[Outcome, list[dict[str, Any]], list[Any], str]:
         query = retrieval_query(messages, self.settings.history_turns)
         if not query:
-            return "none", [], messages
+            return "none", [], messages, query
         try:
             chunks, seconds = await kb.query(
                 query, options.top_k or self.settings.top_k, options.filters
             )
         except RetrievalError:
-            return "degraded", [], messages
+            return "degraded", [], messages, query
         self.metrics.retrieval_seconds.observe(seconds)
-        augmented, sources = augment(messages, chunks, self.settings.max_context_chars)
-        return ("used" if sources else "none"), sources, augmented
+        augmented, sources = augment(messages, chunks, self.settings.max_context_chars, query)
+        return ("used" if sources else "none"), sources, augmented, query

@@ -144,6 +144,7 @@ class Relay:
         first = True
         dropped = False
         template: dict[str, Any] = {}
+        led: set[Any] = set()  # the choices whose answer already starts with prepared.lead
         async for line in resp.content:
             if not line.startswith(b"data:"):
                 if dropped and not line.strip():
@@ -179,6 +180,7 @@ class Relay:
                 continue
             template = {k: event[k] for k in ("id", "object", "created", "model") if k in event}
             choices = event.get("choices") or []
+            rewritten = prepared.lead is not None and lead_choices(choices, prepared.lead, led)
             for choice in choices:
                 content = (choice.get("delta") or {}).get("content")
                 if content:
@@ -192,6 +194,23 @@ class Relay:
                 event["sources"] = mark_cited(prepared.sources, "".join(answer))
                 attached = True
                 yield sse_event(event)[:-1]  # the upstream's blank line ends the event
+            elif rewritten:
+                yield sse_event(event)[:-1]
             else:
                 yield line
         raise MidStreamFailure("the stream ended without [DONE]")
+
+
+def lead_choices(choices: list[Any], lead: str, led: set[Any]) -> bool:
+    """Put ``lead`` before the first delta of each choice not yet led; True if any changed."""
+    changed = False
+    for choice in choices:
+        if not isinstance(choice, dict) or choice.get("index", 0) in led:
+            continue
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            continue
+        led.add(choice.get("index", 0))
+        delta["content"] = lead + str(delta.get("content") or "")
+        changed = True
+    return changed
