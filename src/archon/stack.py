@@ -171,6 +171,13 @@ def _ready(part: Part, client: httpx.Client) -> tuple[bool, str]:
             return True, ""
         path = "/ready" if part.name == "agent" else "/health"
         resp = client.get(part.url + path)
+        if resp.status_code == 200 and part.name == "agent":
+            # The agent serves without its knowledge base too (degraded), but until it has
+            # seen it up, the first question would be answered without the docs.
+            kb = resp.json().get("knowledge_base")
+            if isinstance(kb, dict) and kb.get("status") not in ("up", "off"):
+                return False, "waiting to see the knowledge base up"
+            return True, ""
         if resp.status_code == 200:
             return True, ""
         detail = resp.json() if "json" in resp.headers.get("content-type", "") else {}

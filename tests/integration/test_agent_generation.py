@@ -181,18 +181,27 @@ def test_a_quoted_answer_gets_the_shorter_default_and_starts_with_the_quote(
             answer = client.chat.completions.create(model=FAKE_MODEL, messages=ask)
             assert fake.bodies[-1]["max_tokens"] == 6  # quoted: the shorter default
             assert "lead_quote" not in fake.bodies[-1]
+            assert fake.bodies[-1]["stop"] == ["] prometheus: "]  # an echoed excerpt header
             text = answer.choices[0].message.content or ""
             assert text.startswith("From [") and "docs/querying/" in text.split("\n")[0]
             stream = client.chat.completions.create(model=FAKE_MODEL, messages=ask, stream=True)
             streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
             assert streamed.split("\n\n")[:2] == text.split("\n\n")[:2]
 
-            client.chat.completions.create(model=FAKE_MODEL, messages=ask, max_tokens=40)
+            client.chat.completions.create(
+                model=FAKE_MODEL, messages=ask, max_tokens=40, stop=["\n\n"]
+            )
             assert fake.bodies[-1]["max_tokens"] == 40  # the request's own length wins
+            assert fake.bodies[-1]["stop"] == ["\n\n"]  # and its own stop
+            client.chat.completions.create(
+                model=FAKE_MODEL, messages=ask, extra_body={"ignore_eos": True}
+            )
+            assert "stop" not in fake.bodies[-1]  # every token asked for: no stop of ours
             off = client.chat.completions.create(
                 model=FAKE_MODEL, messages=ask, extra_body={"archon": {"rag": False}}
             )
             assert fake.bodies[-1]["max_tokens"] == 50  # no quote: the model's default
+            assert "stop" not in fake.bodies[-1]  # no excerpts, no header to echo
             assert not (off.choices[0].message.content or "").startswith("From [")
             sdk(agent, "sk-own").chat.completions.create(model=FAKE_MODEL, messages=ask)
             assert fake.bodies[-1]["max_tokens"] == 3  # a key's own default wins

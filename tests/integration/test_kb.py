@@ -440,3 +440,26 @@ def test_memory_index_ranks_like_qdrant(tmp_path: Path, embedder) -> None:
             assert all(h.payload["path"].startswith("docs/querying/") for h in filtered)
     finally:
         kb.close()
+
+
+def test_warming_up_loads_what_the_first_query_needs(tmp_path: Path, embedder) -> None:
+    """Before /ready: the index, and the embedding model, which loads on first use (a sync
+    with nothing new never loads it, and the first question then waited past kb_timeout)."""
+    calls: list[str] = []
+
+    class Recording:
+        def __getattr__(self, name: str) -> object:
+            return getattr(embedder, name)
+
+        def embed_query(self, text: str):
+            calls.append(text)
+            return embedder.embed_query(text)
+
+    sources = sources_file(tmp_path, make_repo(tmp_path))
+    kb = kb_for(tmp_path, Recording(), sources)
+    try:
+        kb.warm()
+        assert calls == ["warm up"]
+        assert kb._index is not None  # built now, not by the first query
+    finally:
+        kb.close()

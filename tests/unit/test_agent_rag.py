@@ -14,6 +14,7 @@ from archon.agent.rag import (
     ArchonOptions,
     augment,
     conversation_key,
+    echo_stops,
     lead_quote,
     mark_cited,
     retrieval_query,
@@ -164,6 +165,9 @@ def test_sources_carry_a_short_snippet() -> None:
     assert sources[0]["snippet"] == "Short text."
     _, sources = augment([{"role": "user", "content": "q"}], [chunk(1, "## Off\n\nSet x.")], 6000)
     assert sources[0]["snippet"] == "Set x."  # the heading trail shows the headings
+    code = "Run:\n\n```bash\narchon kb sync\n```"
+    _, sources = augment([{"role": "user", "content": "q"}], [chunk(1, code)], 6000)
+    assert sources[0]["snippet"] == "Run: archon kb sync"  # no fence marks in a flat snippet
     _, sources = augment([{"role": "user", "content": "q"}], [chunk(1, "Some  text. " * 40)], 6000)
     snippet = sources[0]["snippet"]
     assert snippet.startswith("Some text. Some text.") and snippet.endswith(" …")
@@ -227,3 +231,16 @@ def test_the_lead_quote_is_the_best_passage_with_its_file_and_line() -> None:
     # The quote names its source, so that source is marked cited.
     assert [s["cited"] for s in mark_cited(sources, lead + "Run it.")] == [False, True]
     assert lead_quote("zebra crossings", sources) is None
+
+
+def test_echo_stops_end_an_answer_that_copies_an_excerpt_header() -> None:
+    chunks = [chunk(1), {**chunk(2), "source": "archon"}, chunk(3)]
+    messages, sources = augment([{"role": "user", "content": "q"}], chunks, 6000)
+    stops = echo_stops(sources)
+    assert stops == ["] prometheus: ", "] archon: "]
+    # Each is what the prompt's own excerpt headers hold, so an echo of one ends the answer.
+    prompt = messages[-1]["content"]
+    assert all(stop in prompt for stop in stops)
+    many = [{**chunk(n), "source": f"s{n}"} for n in range(1, 7)]
+    _, sources = augment([{"role": "user", "content": "q"}], many, 6000)
+    assert len(echo_stops(sources)) == 4  # OpenAI takes four stop sequences at most

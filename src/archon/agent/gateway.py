@@ -28,7 +28,7 @@ from archon.agent.limits import Grant, Limiter, usage_of
 from archon.agent.metrics import AgentMetrics
 from archon.agent.preparation import ChatPreparer, Prepared
 from archon.agent.rag import KnowledgeBaseClient, mark_cited
-from archon.agent.relay import Relay, Stream
+from archon.agent.relay import Relay, Stream, trim_echo_start
 from archon.agent.settings import AgentSettings
 from archon.agent.upstreams import Lease, UpstreamPool
 from archon.errors import ArchonError, ServiceUnavailableError
@@ -172,11 +172,17 @@ class Gateway:
         if resp.status != 200 or prepared.outcome == "off" or route != "chat":
             return Response(raw, status_code=resp.status, media_type=content_type, headers=headers)
         data = json.loads(raw)
-        if prepared.lead is not None:
-            for choice in data.get("choices") or []:
-                message = choice.get("message") if isinstance(choice, dict) else None
-                if isinstance(message, dict):
-                    message["content"] = prepared.lead + str(message.get("content") or "")
+        for choice in data.get("choices") or []:
+            message = choice.get("message") if isinstance(choice, dict) else None
+            if not isinstance(message, dict):
+                continue
+            content = str(message.get("content") or "")
+            if prepared.echo_stops and choice.get("finish_reason") == "stop":
+                content = trim_echo_start(content)
+            if prepared.lead is not None:
+                content = prepared.lead + content
+            if content != (message.get("content") or ""):
+                message["content"] = content
         answer = "".join(
             str((c.get("message") or {}).get("content") or "") for c in data.get("choices") or []
         )

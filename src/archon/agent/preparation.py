@@ -20,6 +20,7 @@ from archon.agent.rag import (
     RetrievalError,
     augment,
     conversation_key,
+    echo_stops,
     lead_quote,
     retrieval_query,
 )
@@ -43,6 +44,7 @@ class Prepared:
     grant: Grant | None = None  # a metered key's admission (archon.agent.limits)
     priority: Priority = "interactive"  # its class in the admission queue
     lead: str | None = None  # put before the model's answer (archon.agent.rag.lead_quote)
+    echo_stops: bool = False  # the agent set the stop sequences (archon.agent.rag.echo_stops)
 
 
 @dataclass
@@ -87,6 +89,7 @@ class ChatPreparer:
         outcome: Outcome = "off"
         sources: list[dict[str, Any]] = []
         lead = None
+        stops = False
         if options.rag and self.kb is not None:
             try:
                 outcome, sources, augmented, query = await self._retrieve(
@@ -101,6 +104,11 @@ class ChatPreparer:
             values = self.settings.generation.for_model(model)
             if sources and values.lead_quote:
                 lead = lead_quote(query, sources)
+            if lead and data.get("stop") is None and not data.get("ignore_eos"):
+                # A small model often goes on by copying an excerpt's header ("[5] archon:
+                # docs/..."): that is where its answer has ended. Only after a lead quote, so
+                # that the answer is never empty; not when the client asked for every token.
+                data["stop"], changed, stops = echo_stops(sources), True, True
             shorter = values.quoted_max_tokens
             length = data.get("max_tokens")
             if lead and shorter and our_length is not None and length == our_length > shorter:
@@ -118,6 +126,7 @@ class ChatPreparer:
             include_usage,
             grant,
             lead=lead,
+            echo_stops=stops,
         )
 
     async def _retrieve(

@@ -54,6 +54,7 @@ MIN_EXCERPT = 200  # characters: a shorter piece of a chunk helps less than it c
 QUOTE_CHARS = 400  # the lead quote's length at most (tuning half: 250 -> 400 chars, 6 -> 8 of 23)
 SNIPPET_CHARS = 200  # the sources' "snippet": what a client shows of each chunk
 _HEADING_LINE = re.compile(r" {0,3}#{1,6}(\s|$)")
+_FENCE_LINE = re.compile(r"\s*(```|~~~)")
 
 
 class ArchonOptions(BaseModel):
@@ -140,9 +141,12 @@ def source_entry(n: int, chunk: dict[str, Any]) -> dict[str, Any]:
 
 def snippet(text: Any, limit: int = SNIPPET_CHARS) -> str:
     """The start of a chunk's text, whitespace collapsed, cut at a word within ``limit``.
-    Heading lines are left out: the heading trail shows them."""
+    Heading lines are left out (the heading trail shows them), and code fences (a flat
+    snippet cannot show a code block; its lines stay)."""
     lines = str(text or "").splitlines()
-    prose = [line for line in lines if not _HEADING_LINE.match(line)]
+    prose = [
+        line for line in lines if not _HEADING_LINE.match(line) and not _FENCE_LINE.match(line)
+    ]
     flat = " ".join(" ".join(prose or lines).split())
     if len(flat) <= limit:
         return flat
@@ -213,6 +217,13 @@ def lead_quote(query: str, sources: list[dict[str, Any]]) -> str | None:
     if isinstance(line, int):
         where += f", line {line + best.first_line}"
     return f"From [{entry['index']}] {where}:\n\n{best.text}\n\n"
+
+
+def echo_stops(sources: list[dict[str, Any]]) -> list[str]:
+    """Stop sequences that end an answer where the model starts copying an excerpt's header
+    (``[n] source: path — title``): one per source name, at most OpenAI's four."""
+    names = dict.fromkeys(str(s.get("source")) for s in sources if s.get("source"))
+    return [f"] {name}: " for name in list(names)[:4]]
 
 
 def mark_cited(sources: list[dict[str, Any]], answer: str) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -145,6 +146,7 @@ class Relay:
         dropped = False
         template: dict[str, Any] = {}
         led: set[Any] = set()  # the choices whose answer already starts with prepared.lead
+        held: dict[Any, str] = {}  # per choice, a "[5" that may be the start of an echo
         async for line in resp.content:
             if not line.startswith(b"data:"):
                 if dropped and not line.strip():
@@ -181,6 +183,8 @@ class Relay:
             template = {k: event[k] for k in ("id", "object", "created", "model") if k in event}
             choices = event.get("choices") or []
             rewritten = prepared.lead is not None and lead_choices(choices, prepared.lead, led)
+            if prepared.echo_stops:
+                rewritten = hold_echo_starts(choices, held) or rewritten
             for choice in choices:
                 content = (choice.get("delta") or {}).get("content")
                 if content:
@@ -214,3 +218,34 @@ def lead_choices(choices: list[Any], lead: str, led: set[Any]) -> bool:
         delta["content"] = lead + str(delta.get("content") or "")
         changed = True
     return changed
+
+
+_ECHO_START = re.compile(r"\[\d{0,3}$")  # what an echoed "[5] archon: " leaves before its stop
+
+
+def hold_echo_starts(choices: list[Any], held: dict[Any, str]) -> bool:
+    """Hold back a delta's trailing ``[`` or ``[5`` until the next one shows what it was: the
+    start of a citation goes on with it; the start of an excerpt header copied by the model
+    ends in the agent's stop sequence (archon.agent.rag.echo_stops), and is dropped."""
+    changed = False
+    for choice in choices:
+        if not isinstance(choice, dict) or not isinstance(choice.get("delta"), dict):
+            continue
+        index, delta = choice.get("index", 0), choice["delta"]
+        content = held.pop(index, "") + str(delta.get("content") or "")
+        finish = choice.get("finish_reason")
+        match = _ECHO_START.search(content)
+        if match and finish is None:
+            held[index] = match.group()
+            content = content[: match.start()]
+        elif match and finish == "stop":
+            content = content[: match.start()]
+        if content != (delta.get("content") or ""):
+            delta["content"] = content
+            changed = True
+    return changed
+
+
+def trim_echo_start(text: str) -> str:
+    """A whole answer without the ``[5`` an echoed excerpt header left before its stop."""
+    return _ECHO_START.sub("", text)

@@ -164,9 +164,12 @@ class KnowledgeBase:
         )
 
     def warm(self) -> None:
-        """Build what the first query would otherwise wait for."""
+        """Build what the first query would otherwise wait for: the in-memory index, and the
+        embedding model (loaded on first use: a sync with nothing to embed never loads it, and
+        the first question then waited seconds, past the agent's kb_timeout)."""
         if not self.settings.qdrant:
             self.index()
+        self.embedder.embed_query("warm up")
 
     def index(self) -> MemoryIndex:
         """The in-memory index of an embedded store, built on first use and after syncs."""
