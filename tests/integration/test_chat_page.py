@@ -3,8 +3,9 @@ and knowledge base: streamed answers with their sources, the retrieval notices, 
 API-key prompt, and errors shown inline. What needs an exact answer (Markdown, HTML that must
 not run, citations) comes from a stand-in model server behind a real agent and knowledge base.
 
-With ARCHON_SCREENSHOTS=DIR set, test_source_cards writes DIR/chat-page.png (the one in
-docs/images comes from there)."""
+With ARCHON_SCREENSHOTS=DIR set, test_source_cards writes DIR/chat-page.png and
+test_the_make_run_question_on_archons_own_docs DIR/make-run.png (the ones in docs/images come
+from there)."""
 
 from __future__ import annotations
 
@@ -613,3 +614,39 @@ def test_markdown_renderer(browser: Browser):
         assert code == "echo hi"
     finally:
         page.close()
+
+
+def test_the_make_run_question_on_archons_own_docs(
+    tmp_path: Path, server: Server, chat: ChatPage
+) -> None:
+    """The first question of a newcomer, as `make run` serves it: Archon's own docs, the bundled
+    model, the page's own request. The answer's first lines are the docs' `archon kb sync`,
+    docs/knowledge-base.md is a cited card. With ARCHON_SCREENSHOTS=DIR: DIR/make-run.png."""
+    docs = Path(__file__).resolve().parents[2]
+    sources = tmp_path / "sources.yaml"
+    entry = {"name": "archon", "path": str(docs), "include": ["docs/**/*.md", "README.md"]}
+    sources.write_text(json.dumps({"sources": [entry]}))
+    kb = start_kb(tmp_path, sources)
+    try:
+        agent = start_agent(tmp_path, server.url, kb.url)
+        try:
+            chat.max_tokens = None  # as the page sends it: the agent's default applies
+            page = chat.page
+            page.goto(f"{agent.url}/")
+            answer, state = chat.ask("How do I sync the knowledge base?")
+            assert state == "done", answer.inner_text()
+            text = answer.get_by_test_id("answer-text")
+            first_lines = "\n".join(text.inner_text().splitlines()[:8])  # with "bash", "Copy"
+            assert "docs/knowledge-base.md" in first_lines and "archon kb sync" in first_lines
+            code = text.locator("pre code").first
+            assert code.inner_text().startswith("archon kb sync")  # a code block, with Copy
+            cited = [s for s in sources_of(answer) if s["cited"]]
+            assert any("archon:docs/knowledge-base.md:" in s["text"] for s in cited), cited
+            assert chat.unexpected_errors() == []
+            if folder := os.environ.get("ARCHON_SCREENSHOTS"):
+                Path(folder).mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(Path(folder) / "make-run.png"))
+        finally:
+            agent.stop()
+    finally:
+        kb.stop()
