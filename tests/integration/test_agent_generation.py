@@ -181,7 +181,7 @@ def test_a_quoted_answer_gets_the_shorter_default_and_starts_with_the_quote(
             answer = client.chat.completions.create(model=FAKE_MODEL, messages=ask)
             assert fake.bodies[-1]["max_tokens"] == 6  # quoted: the shorter default
             assert "lead_quote" not in fake.bodies[-1]
-            assert fake.bodies[-1]["stop"] == ["] prometheus: "]  # an echoed excerpt header
+            assert fake.bodies[-1]["stop"] == ["] prometheus: ", "] Prometheus: "]  # an echo
             text = answer.choices[0].message.content or ""
             assert text.startswith("From [") and "docs/querying/" in text.split("\n")[0]
             stream = client.chat.completions.create(model=FAKE_MODEL, messages=ask, stream=True)

@@ -51,7 +51,7 @@ QUOTE_WORDS = 8  # this many words in a row, the same as the excerpt's, are a qu
 EXCERPT = "_excerpt"  # a source's text in the prompt; never sent to the client
 EXCERPT_LINE = "_excerpt_line"  # the file line it starts on; likewise
 MIN_EXCERPT = 200  # characters: a shorter piece of a chunk helps less than it confuses
-QUOTE_CHARS = 400  # the lead quote's length at most (tuning half: 250 -> 400 chars, 6 -> 8 of 23)
+QUOTE_CHARS = 400  # the lead quote's length at most (tuning half: 300 -> 400, facts 39% -> 48%)
 SNIPPET_CHARS = 200  # the sources' "snippet": what a client shows of each chunk
 _HEADING_LINE = re.compile(r" {0,3}#{1,6}(\s|$)")
 _FENCE_LINE = re.compile(r"\s*(```|~~~)")
@@ -221,9 +221,11 @@ def lead_quote(query: str, sources: list[dict[str, Any]]) -> str | None:
 
 def echo_stops(sources: list[dict[str, Any]]) -> list[str]:
     """Stop sequences that end an answer where the model starts copying an excerpt's header
-    (``[n] source: path — title``): one per source name, at most OpenAI's four."""
-    names = dict.fromkeys(str(s.get("source")) for s in sources if s.get("source"))
-    return [f"] {name}: " for name in list(names)[:4]]
+    (``[n] source: path — title``): one per source name, then capitalised as the model also
+    writes them ("[2] Archon: README.md"), at most OpenAI's four."""
+    names = [str(s.get("source")) for s in sources if s.get("source")]
+    stops = dict.fromkeys([f"] {n}: " for n in names] + [f"] {n.capitalize()}: " for n in names])
+    return list(stops)[:4]
 
 
 def mark_cited(sources: list[dict[str, Any]], answer: str) -> list[dict[str, Any]]:
