@@ -135,7 +135,6 @@ def source_entry(n: int, chunk: dict[str, Any]) -> dict[str, Any]:
         "start_line": chunk.get("start_line"),
         "end_line": chunk.get("end_line"),
         "score": chunk.get("score"),
-        "snippet": snippet(chunk.get("text")),
     }
 
 
