@@ -7,6 +7,7 @@ STAMP  := $(VENV)/.installed
 HOST ?= 127.0.0.1
 
 .PHONY: install run test lint bench bench-agent clean vllm-venv checkov-venv litellm-venv test-vllm \
+        clients-venv \
         test-spec-long llama-server image image-agent image-modelserver image-kb
 
 $(STAMP): pyproject.toml scripts/install-system-deps.sh
@@ -25,7 +26,7 @@ run: $(STAMP)
 
 ## Lint and type-check (mypy: [tool.mypy] in pyproject.toml), then the whole test suite (real
 ## servers, real inference, real vLLM on the CPU).
-test: $(STAMP) vllm-venv checkov-venv llama-server
+test: $(STAMP) vllm-venv checkov-venv clients-venv llama-server
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
@@ -42,6 +43,11 @@ vllm-venv:
 ## checkov (manifest security checks) in its own venv: it pins older shared dependencies.
 checkov-venv:
 	PYTHON=$(PYTHON) bash scripts/setup-checkov-venv.sh .venv-checkov
+
+## The client libraries (LangChain, the Agents SDK, instructor, llama-index, LiteLLM, pydantic-ai)
+## in two venvs of their own (.venv-clients, .venv-clients-openai2): the client matrix's oracle.
+clients-venv:
+	PYTHON=$(PYTHON) bash scripts/setup-clients-venv.sh .venv-clients
 
 ## Only the real-vLLM test.
 test-vllm: $(STAMP) vllm-venv
@@ -83,4 +89,4 @@ litellm-venv:
 	PYTHON=$(PYTHON) bash scripts/setup-litellm-venv.sh .venv-litellm
 
 clean:
-	rm -rf $(VENV) .venv-vllm .venv-checkov .venv-litellm .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) .venv-vllm .venv-checkov .venv-litellm .venv-clients .venv-clients-openai2 .pytest_cache .ruff_cache .mypy_cache
