@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from archon.errors import ConfigError
 from archon.http import parse_json_body, run_unless_client_leaves
-from archon.modelserver import models, tokenization
+from archon.modelserver import models, responses, tokenization
 from archon.modelserver.metrics import ModelServerMetrics
 from archon.modelserver.preparation import Prepared, RequestPreparer
 from archon.modelserver.runtime import EngineFactory, ModelRuntime, llamacpp_factory
@@ -104,6 +104,10 @@ def create_app(
     async def completions(request: Request) -> Response:
         body = await parse_json_body(request, CompletionRequest)
         return await respond(await preparer.prepare_completion(body), request)
+
+    @app.post("/v1/responses")
+    async def create_response(request: Request) -> Response:
+        return await responses.create_response(request, preparer, service)
 
     @app.post("/tokenize")
     async def tokenize(request: Request) -> dict[str, Any]:
