@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 HOST ?= 127.0.0.1
 
 .PHONY: install run test lint bench bench-agent clean vllm-venv checkov-venv litellm-venv test-vllm \
-        clients-venv \
+        clients-venv lmeval-venv test-lm-eval \
         test-spec-long llama-server image image-agent image-modelserver image-kb
 
 $(STAMP): pyproject.toml scripts/install-system-deps.sh
@@ -26,7 +26,7 @@ run: $(STAMP)
 
 ## Lint and type-check (mypy: [tool.mypy] in pyproject.toml), then the whole test suite (real
 ## servers, real inference, real vLLM on the CPU).
-test: $(STAMP) vllm-venv checkov-venv clients-venv llama-server
+test: $(STAMP) vllm-venv checkov-venv clients-venv lmeval-venv llama-server
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
@@ -39,6 +39,16 @@ llama-server: $(STAMP)
 ## vLLM's CPU build in its own venv (3.5 GB) for the test that runs the vLLM engine for real.
 vllm-venv:
 	PYTHON=$(PYTHON) bash scripts/setup-vllm-venv.sh .venv-vllm
+
+## lm-evaluation-harness (PyPI lm-eval, no torch) in its own venv: its datasets/evaluate pins.
+lmeval-venv:
+	PYTHON=$(PYTHON) bash scripts/setup-lmeval-venv.sh .venv-lmeval
+
+## lm-eval on the whole local task (tests/data/lm_eval) against a real `archon serve`, checked
+## against llama-cpp-python's own loglikelihoods; writes docs/benchmarks.md ("lm-evaluation-harness").
+test-lm-eval: $(STAMP) lmeval-venv
+	ARCHON_LM_EVAL_LIMIT=0 ARCHON_LM_EVAL_WRITE=docs/benchmarks.md \
+		$(BIN)/python -m pytest -q -s tests/integration/test_lm_eval.py
 
 ## checkov (manifest security checks) in its own venv: it pins older shared dependencies.
 checkov-venv:

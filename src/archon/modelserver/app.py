@@ -114,6 +114,10 @@ def create_app(
         body = await parse_json_body(request, tokenization.TokenizeRequest)
         return await tokenization.tokenize(body, runtime.require_engine(), served_name)
 
+    @app.get("/tokenizer_info")
+    async def tokenizer_info() -> dict[str, Any]:
+        return tokenization.tokenizer_info(runtime.require_engine())
+
     @app.post("/detokenize")
     async def detokenize(request: Request) -> dict[str, Any]:
         body = await parse_json_body(request, tokenization.DetokenizeRequest)

@@ -125,8 +125,19 @@ class RequestPreparer:
                 raise InvalidRequestError("prompt must not be empty", param=param)
             prompts.append(tokens)
             echo.append(text if req.echo else "")
+        # With echo, the logprobs cover the prompt's tokens too (as OpenAI's and vLLM's do):
+        # what lm-evaluation-harness reads to score a continuation.
+        prompt_logprobs = req.logprobs if req.echo else None
         prepared = self._prepare(
-            "text", "cmpl", req, prompts, req.output_limit(), "prompt", None, req.logprobs
+            "text",
+            "cmpl",
+            req,
+            prompts,
+            req.output_limit(),
+            "prompt",
+            None,
+            req.logprobs,
+            prompt_logprobs=prompt_logprobs,
         )
         prepared.echo = echo
         if req.logprobs is not None:
@@ -152,6 +163,8 @@ class RequestPreparer:
         prompt_param: str,
         grammar: str | None,
         logprobs: int | None,
+        *,
+        prompt_logprobs: int | None = None,
     ) -> Prepared:
         self._check_queue()
         engine = self.runtime.require_engine()
@@ -201,6 +214,7 @@ class RequestPreparer:
                 logit_bias=req.logit_bias_pairs(engine.n_vocab),
                 grammar=grammar,
                 logprobs=logprobs,
+                prompt_logprobs=prompt_logprobs,
             )
             rid = request_id if len(prompts) == 1 else f"{request_id}-{i}"
             generations.append(GenerationRequest(rid, tokens, params, n=n))

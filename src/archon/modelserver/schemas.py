@@ -318,6 +318,8 @@ class ChatCompletionRequest(SamplingFields):
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
+    # OpenAI's spec allows 0 here (with echo: the prompt and its logprobs, nothing generated).
+    max_tokens: int | None = Field(None, ge=0)
     echo: bool | None = None
     suffix: str | None = None
     best_of: int | None = Field(None, ge=0, le=20)
@@ -332,6 +334,13 @@ class CompletionRequest(SamplingFields):
         if self.best_of not in (None, 0, 1) and self.best_of != self.choices():
             raise InvalidRequestError(
                 "best_of other than n is not supported; send n alone", param="best_of"
+            )
+        if self.max_tokens == 0 and not self.echo:
+            # As vLLM: without echo there is nothing to answer with.
+            raise InvalidRequestError(
+                "max_tokens must be at least 1, got 0 (0 is only allowed with echo: the "
+                "prompt and its logprobs)",
+                param="max_tokens",
             )
 
     def prompts(self) -> list[str | list[int]]:

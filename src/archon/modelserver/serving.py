@@ -13,7 +13,7 @@ from typing import Any
 
 from archon.errors import ArchonError
 from archon.modelserver import tool_calls
-from archon.modelserver.engines.base import GenerationOutput, GenerationRequest
+from archon.modelserver.engines.base import GenerationOutput, GenerationRequest, PromptLogprobs
 from archon.modelserver.metrics import ModelServerMetrics
 from archon.modelserver.preparation import Prepared
 from archon.modelserver.runtime import ModelRuntime
@@ -117,12 +117,15 @@ class CompletionService:
         tokens = [0] * count
         finish: list[str] = ["stop"] * count
         logprobs: list[list[Any]] = [[] for _ in range(count)]
+        prompt_logprobs: list[PromptLogprobs | None] = [None] * count
         async for index, out in self._outputs(prepared):
             texts[index].append(out.text)
             tokens[index] = out.completion_tokens
             finish[index] = out.finish_reason or finish[index]
             if out.logprobs:
                 logprobs[index].extend(out.logprobs)
+            if out.prompt_logprobs is not None:
+                prompt_logprobs[index] = out.prompt_logprobs
         choices = []
         for index in range(count):
             text = "".join(texts[index])
@@ -141,7 +144,11 @@ class CompletionService:
             else:
                 echo = prepared.echo[index // prepared.n] if prepared.echo else ""
                 choice["text"] = echo + text
-                choice["logprobs"] = fmt.text(logprobs[index], offset=len(echo)) if fmt else None
+                choice["logprobs"] = (
+                    fmt.text(logprobs[index], offset=len(echo), prompt=prompt_logprobs[index])
+                    if fmt
+                    else None
+                )
             choices.append(choice)
         return {
             "id": prepared.request_id,
@@ -179,12 +186,25 @@ class CompletionService:
         tokens = [0] * count
         held: list[list[str]] = [[] for _ in range(count)]  # tool answers: parsed at the end
 
+        # With echo and logprobs the echo waits for the choice's first output, which carries
+        # the prompt's logprobs, and goes out in one chunk with them (as vLLM sends it).
+        echo_with_logprobs = bool(prepared.echo) and fmt is not None
+        echo_due = [echo_with_logprobs] * count
+
         def text_choice(index: int, out: GenerationOutput) -> dict[str, Any]:
-            lps = fmt.text(out.logprobs or [], offset=offsets[index]) if fmt else None
+            head = ""
+            if echo_due[index]:
+                echo_due[index] = False
+                head = prepared.echo[index // prepared.n]
+            lps = (
+                fmt.text(out.logprobs or [], offset=offsets[index], prompt=out.prompt_logprobs)
+                if fmt
+                else None
+            )
             offsets[index] += len(out.text)
             return {
                 "index": index,
-                "text": out.text,
+                "text": head + out.text,
                 "logprobs": lps,
                 "finish_reason": out.finish_reason,
             }
@@ -203,7 +223,7 @@ class CompletionService:
             if chat:
                 for index in range(count):
                     yield chunk(chat_choice(index, {"role": "assistant", "content": ""}, None, []))
-            elif prepared.echo:
+            elif prepared.echo and not echo_with_logprobs:
                 for index in range(count):
                     echo = prepared.echo[index // prepared.n]
                     if echo:
@@ -213,7 +233,7 @@ class CompletionService:
             async for index, out in self._outputs(prepared):
                 tokens[index] = out.completion_tokens
                 if not chat:
-                    if out.text or out.finish_reason or out.logprobs:
+                    if out.text or out.finish_reason or out.logprobs or echo_due[index]:
                         yield chunk(text_choice(index, out))
                     continue
                 if prepared.tools:

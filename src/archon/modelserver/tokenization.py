@@ -1,4 +1,5 @@
-"""``/tokenize`` and ``/detokenize``, with vLLM's request and response fields."""
+"""``/tokenize``, ``/detokenize`` and ``/tokenizer_info``, with vLLM's request and response
+fields (what lm-evaluation-harness's remote tokenizer calls)."""
 
 from __future__ import annotations
 
@@ -74,3 +75,10 @@ def detokenize(req: DetokenizeRequest, engine: Engine, served: str) -> dict[str,
             f"Token id {bad[0]} is out of range for this model's vocabulary", param="tokens"
         )
     return {"prompt": engine.detokenize(req.tokens)}
+
+
+def tokenizer_info(engine: Engine) -> dict[str, Any]:
+    """vLLM's ``GET /tokenizer_info``: the tokenizer's ``tokenizer_config.json`` settings
+    (special tokens, chat template). lm-eval's ``tokenizer_backend=remote`` reads ``eos_token``,
+    ``bos_token`` and ``chat_template`` from it."""
+    return engine.tokenizer_info()

@@ -27,6 +27,9 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = ()
     grammar: str | None = None  # GBNF the output must match (structured output, tool calls)
     logprobs: int | None = None  # None: none; k: the sampled token's plus the k most likely
+    # None: none; k: every prompt token's logprob (as the logprobs of the prefill's logits, so
+    # its KV is computed afresh, never reused from a slot's cache) plus the k most likely.
+    prompt_logprobs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,16 @@ class TokenLogprob:
 
 
 @dataclass(frozen=True)
+class PromptLogprobs:
+    """The prompt's tokens under the model. The first token has no logprob (nothing precedes
+    it; OpenAI and vLLM give null); every later one's is from the logits of the position before
+    it, like a generated token's."""
+
+    first_token: bytes
+    rest: tuple[TokenLogprob, ...]
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     request_id: str
     prompt_tokens: list[int]
@@ -64,6 +77,7 @@ class GenerationOutput:
     queued_s: float | None = None  # set on the first output: time spent waiting for a slot
     index: int = 0  # which of the request's n choices
     logprobs: list[TokenLogprob] | None = None  # one per token generated since the last output
+    prompt_logprobs: PromptLogprobs | None = None  # on a choice's first output, when asked for
 
 
 @dataclass
@@ -92,6 +106,10 @@ class Engine(Protocol):
     def detokenize(self, tokens: list[int]) -> str: ...
 
     def token_bytes(self, token: int) -> bytes: ...
+
+    def tokenizer_info(self) -> dict[str, Any]:
+        """The tokenizer's settings as vLLM's ``/tokenizer_info`` gives them."""
+        ...
 
     def check_grammar(self, grammar: str) -> None:
         """Raise InvalidRequestError if llama.cpp cannot parse the grammar."""

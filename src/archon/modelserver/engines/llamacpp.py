@@ -41,7 +41,7 @@ from archon.modelserver.engines.base import (
     GenerationOutput,
     GenerationRequest,
 )
-from archon.modelserver.engines.llamacpp_sampling import Sampler
+from archon.modelserver.engines.llamacpp_sampling import Sampler, prompt_token_logprob
 from archon.modelserver.engines.llamacpp_sequence import (
     RequestOutputs,
     Sequence,
@@ -124,6 +124,9 @@ class LlamaCppEngine:
 
     def token_bytes(self, token: int) -> bytes:
         return self._native.token_bytes(token)
+
+    def tokenizer_info(self) -> dict[str, Any]:
+        return self._native.tokenizer_info()
 
     def check_grammar(self, grammar: str) -> None:
         self._native.vocabulary.check_grammar(grammar)
@@ -258,6 +261,11 @@ class LlamaCppEngine:
     def _admit_group(self, group: list[Sequence], free: list[Slot]) -> None:
         prompt = group[0].request.prompt_tokens
         first, others, keep = choose_slots(free, prompt)
+        scoring = group[0].request.params.prompt_logprobs is not None
+        if scoring:
+            # The prompt's logprobs need the logits of every prompt position: a reused KV
+            # prefix has none, so the whole prompt is evaluated again.
+            keep = 0
         if keep < len(first.cached):
             if not self._ll.llama_memory_seq_rm(self._mem, first.seq_id, keep, -1):
                 self._ll.llama_memory_seq_rm(self._mem, first.seq_id, -1, -1)
@@ -271,6 +279,8 @@ class LlamaCppEngine:
                 self._native.vocabulary, seq.request.params, seed_offset=seq.index
             )
             seq.sampler.accept_prompt(prompt)
+            if scoring:
+                seq.prompt_head = self._native.vocabulary.token_bytes(prompt[0], special=True)
             seq.slot = slot
             slot.active = seq
             slot.last_used = now
@@ -280,6 +290,7 @@ class LlamaCppEngine:
         batch = self._native.batch
         n = 0
         to_sample: list[tuple[Sequence, int]] = []
+        to_score: list[tuple[Sequence, int, int]] = []  # (sequence, batch index, prompt position)
         in_batch: list[Sequence] = []
 
         def add(token: int, pos: int, seq_id: int, logits: bool) -> None:
@@ -313,8 +324,12 @@ class LlamaCppEngine:
             slot = seq.slot
             assert slot is not None
             end = min(len(prompt), seq.prefilled + room)
+            scoring = seq.request.params.prompt_logprobs is not None
             for i in range(seq.prefilled, end):
-                add(prompt[i], i, slot.seq_id, i == len(prompt) - 1)
+                last = i == len(prompt) - 1
+                add(prompt[i], i, slot.seq_id, last or scoring)
+                if scoring and not last:
+                    to_score.append((seq, n - 1, i))
             slot.cached.extend(prompt[seq.prefilled : end])
             seq.prefilled = end
             in_batch.append(seq)
@@ -328,6 +343,8 @@ class LlamaCppEngine:
             self._recover(InternalError(f"llama.cpp failed to decode (code {rc})"), in_batch)
             return
         self._decode_failures = 0
+        for seq, index, pos in to_score:
+            self._score(seq, index, pos)
         for seq, index in to_sample:
             if seq.slot is None:
                 continue
@@ -345,12 +362,30 @@ class LlamaCppEngine:
             # cross-stream copy llama.cpp supports), done before the next decode.
             self._ll.llama_memory_seq_cp(self._mem, first.slot.seq_id, seq.slot.seq_id, -1, -1)
             seq.slot.cached = list(first.slot.cached)
+            seq.prompt_logprobs = list(first.prompt_logprobs)
             seq.prefilled = len(seq.request.prompt_tokens)
             self._prefix_hits += seq.prefilled
             self._prefix_queries += seq.prefilled
             self._sample(seq, index)
 
+    def _score(self, seq: Sequence, index: int, pos: int) -> None:
+        """Record the logprob of prompt token ``pos + 1`` from the logits at ``pos``."""
+        if seq.slot is None:
+            return  # failed earlier in this step
+        try:
+            top = seq.request.params.prompt_logprobs
+            assert top is not None
+            token = seq.request.prompt_tokens[pos + 1]
+            entry = prompt_token_logprob(self._native.vocabulary, self._ctx, index, token, top)
+            seq.prompt_logprobs.append(entry)
+        except Exception as exc:
+            seq.fail(exc)
+
     def _sample(self, seq: Sequence, index: int) -> None:
+        if seq.request.params.max_tokens == 0:
+            # An echo of the prompt alone (its logprobs): the prefill was the whole request.
+            self._finish(seq, "length")
+            return
         try:
             assert seq.sampler is not None
             token, logprob = seq.sampler.sample(self._ctx, index)

@@ -6,6 +6,7 @@ side that needs only them (chat template, tokenize, detokenize).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,8 @@ from archon.modelserver.engines.llamacpp_sampling import Vocabulary
 from archon.modelserver.settings import CpuRepack
 
 log = logging.getLogger("archon.modelserver")
+
+UNK_KEY = "tokenizer.ggml.unknown_token_id"  # llama.cpp's vocabulary API has no getter for it
 
 
 @dataclass
@@ -32,6 +35,7 @@ class NativeModel:
     vocabulary: Vocabulary
     template: ChatTemplate | None
     bos: int
+    template_source: str | None = None
 
     def apply_chat_template(
         self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True
@@ -66,6 +70,44 @@ class NativeModel:
 
     def detokenize(self, tokens: list[int]) -> str:
         return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", "replace")
+
+    def tokenizer_info(self) -> dict[str, Any]:
+        """The tokenizer's settings as a Hugging Face ``tokenizer_config.json`` has them (what
+        vLLM's ``/tokenizer_info`` returns), from the GGUF's own tokenizer metadata."""
+        ll, vocab = self.ll, self.vocab
+
+        def special(token: int) -> str | None:
+            if token < 0 or token >= self.n_vocab:  # LLAMA_TOKEN_NULL: the model has none
+                return None
+            return self.token_bytes(token).decode("utf-8", "replace")
+
+        info: dict[str, Any] = {
+            "tokenizer_class": "LlamaCppTokenizer",
+            "tokenizer_model": self.metadata("tokenizer.ggml.model"),
+            "bos_token": special(ll.llama_vocab_bos(vocab)),
+            "eos_token": special(ll.llama_vocab_eos(vocab)),
+            "pad_token": special(ll.llama_vocab_pad(vocab)),
+            "unk_token": special(int(unk) if (unk := self.metadata(UNK_KEY)) else -1),
+            "add_bos_token": bool(ll.llama_vocab_get_add_bos(vocab)),
+            "add_eos_token": bool(ll.llama_vocab_get_add_eos(vocab)),
+            "model_max_length": self.max_model_len,
+            "vocab_size": self.n_vocab,
+        }
+        if self.template_source:
+            info["chat_template"] = self.template_source
+        return info
+
+    def metadata(self, key: str) -> str | None:
+        """A GGUF metadata value as text, or None when the model file has no such key."""
+        size = 256
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = self.ll.llama_model_meta_val_str(self.model, key.encode(), buf, size)
+            if n < 0:
+                return None
+            if n < size:
+                return buf.value.decode("utf-8", "replace")
+            size = n + 1
 
     def free(self) -> None:
         self.ll.llama_batch_free(self.batch)
@@ -171,4 +213,5 @@ def load(
         vocabulary=vocabulary,
         template=template,
         bos=llama_cpp.llama_vocab_bos(vocab),
+        template_source=template_src.decode("utf-8", "replace") if template_src else None,
     )

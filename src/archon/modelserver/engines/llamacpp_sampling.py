@@ -195,6 +195,15 @@ class Sampler:
             self.grammar = None
 
 
+def prompt_token_logprob(v: Vocabulary, ctx: Any, index: int, token: int, top: int) -> TokenLogprob:
+    """A prompt token's entry, from the logits the batch computed at position ``index`` (the
+    token before it): the same raw-logit log-softmax and top-k as a sampled token's."""
+    entry = _logprob_of(v, v.logits(ctx, index), top)
+    assert entry is not None
+    result: TokenLogprob = entry(token)
+    return result
+
+
 def _logprob_of(v: Vocabulary, logits: np.ndarray, top: int | None) -> Any:
     """A function giving the sampled token's logprob entry, or None when none were asked for.
 

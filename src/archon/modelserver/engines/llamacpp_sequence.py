@@ -19,6 +19,7 @@ from archon.modelserver.engines.base import (
     EngineDead,
     GenerationOutput,
     GenerationRequest,
+    PromptLogprobs,
     TokenLogprob,
 )
 from archon.modelserver.engines.llamacpp_sampling import Sampler
@@ -48,6 +49,8 @@ class Sequence:
     )
     first_output_sent: bool = False
     logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet sent
+    prompt_head: bytes = b""  # the prompt's first token, when its logprobs are asked for
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)  # prompt tokens 1..
     finished: bool = False
 
     @property
@@ -58,9 +61,13 @@ class Sequence:
     def emit(self, text: str, finish: str | None) -> None:
         """Send text (and the logprobs gathered since the last output) to the request."""
         queued = None
+        prompt = None
         if not self.first_output_sent:
             self.first_output_sent = True
             queued = max(0.0, self.slot.last_used - self.arrived) if self.slot else None
+            if self.request.params.prompt_logprobs is not None:
+                prompt = PromptLogprobs(self.prompt_head, tuple(self.prompt_logprobs))
+                self.prompt_logprobs = []
         logprobs = None
         if self.request.params.logprobs is not None:
             logprobs, self.logprobs = self.logprobs, []
@@ -72,6 +79,7 @@ class Sequence:
                 queued_s=queued,
                 index=self.index,
                 logprobs=logprobs,
+                prompt_logprobs=prompt,
             )
         )
 
