@@ -130,7 +130,8 @@ def test_knowledge_base_embeds_through_vllm(vllm_server: Server) -> None:
     vectors as the local sentence-transformers embedder (window splitting included)."""
     import numpy as np
 
-    from archon.kb.embeddings import OpenAIEmbedder, SentenceTransformerEmbedder
+    from archon.kb.embeddings import SentenceTransformerEmbedder
+    from archon.kb.embeddings_remote import OpenAIEmbedder
 
     remote = OpenAIEmbedder(f"{vllm_server.url}", "minilm")
     local = SentenceTransformerEmbedder()

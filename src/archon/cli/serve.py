@@ -34,6 +34,14 @@ def serve(
     max_model_len: Annotated[int | None, typer.Option()] = None,
     parallel: Annotated[int | None, typer.Option(help="Sequences decoded together.")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all).")] = None,
+    embedding_model: Annotated[
+        str | None,
+        typer.Option(help="Embedding model served by name: all-MiniLM-L6-v2, a directory, none."),
+    ] = None,
+    llm_pooling: Annotated[
+        str | None,
+        typer.Option(help="Pooling of the GGUF's own embeddings: model, mean, cls, last, none."),
+    ] = None,
     dry_run: Annotated[bool, typer.Option(help="vllm: print the vLLM command and exit.")] = False,
     write_vllm_config: Annotated[
         Path | None,
@@ -76,6 +84,8 @@ def serve(
                 "max_model_len": max_model_len,
                 "parallel": parallel,
                 "threads": threads,
+                "embedding_model": embedding_model,
+                "llm_pooling": llm_pooling,
             },
         )
         if settings.engine == "vllm":

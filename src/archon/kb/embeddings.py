@@ -1,5 +1,5 @@
 """Dense embeddings: all-MiniLM-L6-v2 on the CPU by default, or any OpenAI-compatible
-``/v1/embeddings`` endpoint (vLLM serves embedding models too).
+``/v1/embeddings`` endpoint (``embeddings_remote``: Archon's model server, vLLM).
 
 MiniLM reads at most 256 word pieces. A chunk is up to 800 tokens, so a document is embedded as
 overlapping windows that each fit, and its vector is the normalised mean of theirs: the tail of a
@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-import httpx
 import numpy as np
 
 from archon.errors import ConfigError
@@ -194,6 +193,10 @@ class SentenceTransformerEmbedder:
     def _model(self) -> Any:
         return self._load()
 
+    def loaded(self) -> Any:
+        """The sentence-transformers model, loaded now if it was not yet."""
+        return self._load()
+
     @property
     def _tokenizer(self) -> Any:
         return self._load().tokenizer
@@ -234,57 +237,3 @@ class SentenceTransformerEmbedder:
 
     def embed_query(self, text: str) -> np.ndarray:
         return self._encode_pieces([text], bf16=False)[0]
-
-
-class OpenAIEmbedder:
-    """An OpenAI-compatible /v1/embeddings endpoint (vLLM with --runner pooling, for one)."""
-
-    def __init__(
-        self,
-        base_url: str,
-        model: str,
-        *,
-        api_key: str | None = None,
-        window_chars: int = 2000,
-        timeout: float = 60.0,
-    ):
-        self.name = model
-        self._client = httpx.Client(
-            base_url=base_url.rstrip("/"),
-            timeout=timeout,
-            headers={"authorization": f"Bearer {api_key}"} if api_key else {},
-        )
-        self._window_chars = window_chars
-        self.dim = len(self._request(["dimension probe"])[0])
-
-    def _request(self, texts: list[str]) -> list[list[float]]:
-        try:
-            response = self._client.post(
-                "/v1/embeddings", json={"model": self.name, "input": texts}
-            )
-            response.raise_for_status()
-        except httpx.HTTPError as exc:
-            raise ConfigError(f"embedding endpoint {self._client.base_url}: {exc}") from None
-        data = sorted(response.json()["data"], key=lambda d: d["index"])
-        return [d["embedding"] for d in data]
-
-    def count_tokens(self, text: str) -> int:
-        from archon.kb.chunking import approx_tokens
-
-        return approx_tokens(text)
-
-    def embed_documents(self, texts: list[str]) -> np.ndarray:
-        return embed_windowed(texts, self._windows, self._encode_pieces, self.dim)
-
-    def _windows(self, text: str) -> list[str]:
-        size = self._window_chars
-        return [text[start : start + size] for start in range(0, max(len(text), 1), size)]
-
-    def _encode_pieces(self, pieces: list[str]) -> np.ndarray:
-        vectors = [
-            v for at in range(0, len(pieces), 64) for v in self._request(pieces[at : at + 64])
-        ]
-        return _normalise(np.array(vectors, dtype=np.float32))
-
-    def embed_query(self, text: str) -> np.ndarray:
-        return _normalise(np.array(self._request([text]), dtype=np.float32))[0]

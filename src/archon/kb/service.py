@@ -10,7 +10,6 @@ from typing import Any
 from archon.errors import SyncInProgressError
 from archon.kb.embeddings import (
     Embedder,
-    OpenAIEmbedder,
     SentenceTransformerEmbedder,
     bundled_model_path,
     cpu_has_native_bf16,
@@ -29,7 +28,14 @@ def make_embedder(settings: KnowledgeBaseSettings, recorded_model: str | None = 
     """The configured embedder; ``recorded_model`` is what the store was built with (the
     ``auto`` backend keeps to it)."""
     if settings.embedding_url:
-        return OpenAIEmbedder(settings.embedding_url, settings.embedding_model)
+        from archon.kb.embeddings_remote import OpenAIEmbedder
+
+        key = settings.embedding_api_key
+        return OpenAIEmbedder(
+            settings.embedding_url,
+            settings.embedding_model,
+            api_key=key.get_secret_value() if key else None,
+        )
     backend = resolve_backend(settings.embedding_backend, recorded_model, cpu_has_native_bf16())
     if backend in ("torch", "torch-bf16"):
         return SentenceTransformerEmbedder(settings.embedding_model, bf16=backend == "torch-bf16")

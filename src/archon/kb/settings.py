@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from archon.settings import load_settings
@@ -28,7 +28,13 @@ class KnowledgeBaseSettings(BaseSettings):
     collection: str = "archon-docs"
     embedding_model: str = "all-MiniLM-L6-v2"
     embedding_url: str | None = Field(
-        None, description="OpenAI-compatible /v1/embeddings base URL instead of the local model."
+        None,
+        description="Base URL of an OpenAI-compatible /v1/embeddings (e.g. the model server's "
+        "http://host:8000/v1) that embeds instead of the local model; embedding_model names "
+        "the model there.",
+    )
+    embedding_api_key: SecretStr | None = Field(
+        None, description="Bearer token for embedding_url, if it wants one."
     )
     embedding_backend: EmbeddingBackend = Field(
         "auto",

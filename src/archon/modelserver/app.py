@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from archon.errors import ConfigError
 from archon.http import parse_json_body, run_unless_client_leaves
-from archon.modelserver import models, responses, tokenization
+from archon.modelserver import embeddings, models, responses, tokenization
 from archon.modelserver.metrics import ModelServerMetrics
 from archon.modelserver.preparation import Prepared, RequestPreparer
 from archon.modelserver.runtime import EngineFactory, ModelRuntime, llamacpp_factory
@@ -37,6 +37,9 @@ def create_app(
     metrics = ModelServerMetrics(new_registry(), served_name, runtime.stats)
     preparer = RequestPreparer(runtime)
     service = CompletionService(runtime, metrics)
+    embedders = embeddings.build_service(
+        settings, model.path, served_name, guard=runtime.require_engine
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -44,6 +47,7 @@ def create_app(
         try:
             yield
         finally:
+            embedders.close()
             runtime.close()
 
     async def before_scrape() -> None:
@@ -81,7 +85,8 @@ def create_app(
             "max_model_len": engine.max_model_len if engine else settings.max_model_len,
             "ready": runtime.phase == "ready",
         }
-        return {"object": "list", "data": [card]}
+        more = [{**c, "created": card["created"]} for c in embedders.cards(served_name)]
+        return {"object": "list", "data": [card, *more]}
 
     async def respond(prepared: Prepared, request: Request) -> Response:
         if prepared.stream:
@@ -108,6 +113,11 @@ def create_app(
     @app.post("/v1/responses")
     async def create_response(request: Request) -> Response:
         return await responses.create_response(request, preparer, service)
+
+    @app.post("/v1/embeddings")
+    async def create_embeddings(request: Request) -> dict[str, Any]:
+        body = await parse_json_body(request, embeddings.EmbeddingRequest)
+        return await embedders.create(body)
 
     @app.post("/tokenize")
     async def tokenize(request: Request) -> dict[str, Any]:

@@ -21,6 +21,9 @@ from archon.settings import load_settings
 from archon.settings import read_configmap as read_configmap_with
 
 CpuRepack = Literal["auto", "on", "off"]  # see engines/llamacpp_native.use_repack
+# How the served GGUF's token vectors become one embedding (llama.cpp's llama_pooling_type);
+# "model": as the GGUF declares (modelserver/embeddings_gguf.py).
+Pooling = Literal["model", "none", "mean", "cls", "last"]
 
 # vLLM's --quantization choices that a vllm-config ConfigMap may name; "none" means no flag.
 QUANTIZATION_METHODS = frozenset(quantization.METHODS)
@@ -76,6 +79,18 @@ class ModelServerSettings(BaseSettings):
     vllm_extra_args: str = Field("", description="More vLLM flags, shell-quoted.")
     gpu_memory: str | None = Field(
         None, description="Total GPU memory for preflight when NVML cannot tell, e.g. 16GiB."
+    )
+    embedding_model: str = Field(
+        "auto",
+        description="The embedding model served by name on /v1/embeddings besides the GGUF: "
+        "all-MiniLM-L6-v2 (bundled) or a sentence-transformers directory; auto: the bundled "
+        "MiniLM when the kb extra is installed; none: only the GGUF's own embeddings.",
+    )
+    llm_pooling: Pooling = Field(
+        "model",
+        description="Pooling of the GGUF's own embeddings: model (as the GGUF declares; a chat "
+        "model declares none and its embeddings are refused, as llama-server does), mean, "
+        "cls, last, or none.",
     )
 
     @field_validator("quantization", mode="before")
@@ -142,6 +157,8 @@ CONFIGMAP_KEYS = {
     "cpu_repack": "cpu_repack",
     "engine": "engine",
     "vllm_extra_args": "vllm_extra_args",
+    "embedding_model": "embedding_model",
+    "llm_pooling": "llm_pooling",
 }
 
 
