@@ -241,3 +241,32 @@ def test_a_model_the_url_does_not_serve_names_embedding_model(server: Server) ->
 
     with pytest.raises(ConfigError, match="embedding_model 'bge-small' is not served"):
         OpenAIEmbedder(f"{server.url}/v1", "bge-small")
+
+
+# ---- the GPU path: vLLM serving an embedding model ----
+
+
+def test_the_embeddings_overlay_deploys_vllm_pooling_in_its_own_namespace() -> None:
+    from archon.modelserver.launch import build_vllm_launch
+    from archon.modelserver.settings import load_model_server_settings
+    from tests.integration.test_manifests import ROOT, find, kustomize, validate, vllm_config
+
+    docs = kustomize(ROOT / "manifests/overlays/embeddings")
+    for doc in docs:
+        validate(doc)
+    assert find(docs, "Namespace")["metadata"]["name"] == "archon-embeddings"
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {
+        "archon-embeddings"
+    }
+    assert not [d for d in docs if d["kind"] == "Ingress"]  # inside the cluster only
+    # The pod reads the ConfigMap the overlay generates, and the launcher makes it vLLM's
+    # pooling runner under the name the knowledge base sends.
+    data = vllm_config(docs)["data"]
+    settings = load_model_server_settings(overrides={**data, "engine": "vllm"})
+    args = build_vllm_launch(settings).args
+    assert "--runner" in args and args[args.index("--runner") + 1] == "pooling"
+    assert args[args.index("--served-model-name") + 1] == MINILM
+    # The knowledge base may reach a model server's port (embedding_url).
+    kb = kustomize(ROOT / "manifests/knowledge-base")
+    egress = find(kb, "NetworkPolicy", "archon-knowledge-base")["spec"]["egress"]
+    assert any(p["port"] == 8000 for rule in egress for p in rule["ports"])
