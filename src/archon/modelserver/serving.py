@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from archon.errors import ArchonError
-from archon.modelserver import tool_calls
+from archon.modelserver import tool_stream
 from archon.modelserver.engines.base import GenerationOutput, GenerationRequest, PromptLogprobs
 from archon.modelserver.metrics import ModelServerMetrics
 from archon.modelserver.preparation import Prepared
@@ -134,11 +134,11 @@ class CompletionService:
             if prepared.kind == "chat":
                 message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
                 if prepared.tools:
-                    answer = tool_calls.parse(text)
+                    answer = tool_stream.read_answer(text)
                     message["content"] = answer.content
                     if answer.tool_calls:
                         message["tool_calls"] = answer.tool_calls
-                        choice["finish_reason"] = "tool_calls"
+                    choice["finish_reason"] = answer.finish_reason(finish[index])
                 choice["message"] = message
                 choice["logprobs"] = fmt.chat(logprobs[index]) if fmt else None
             else:
@@ -184,7 +184,8 @@ class CompletionService:
             len(prepared.echo[i // prepared.n]) if prepared.echo else 0 for i in range(count)
         ]
         tokens = [0] * count
-        held: list[list[str]] = [[] for _ in range(count)]  # tool answers: parsed at the end
+        # Tool answers: the wrapper JSON read as it comes, as content and tool-call deltas.
+        readers = [tool_stream.ToolAnswerReader() for _ in range(count if prepared.tools else 0)]
 
         # With echo and logprobs the echo waits for the choice's first output, which carries
         # the prompt's logprobs, and goes out in one chunk with them (as vLLM sends it).
@@ -237,11 +238,15 @@ class CompletionService:
                         yield chunk(text_choice(index, out))
                     continue
                 if prepared.tools:
-                    held[index].append(out.text)
-                    if out.finish_reason is None:
-                        continue
-                    for piece in self._tool_deltas(index, "".join(held[index]), out):
-                        yield chunk(piece)
+                    deltas = readers[index].feed(out.text)
+                    if not deltas and out.logprobs:
+                        deltas = [{}]  # the wrapper's tokens: their logprobs still go out
+                    for position, delta in enumerate(deltas):
+                        lps = out.logprobs if position == 0 else None
+                        yield chunk(chat_choice(index, delta, None, lps))
+                    if out.finish_reason is not None:
+                        finish = readers[index].answer().finish_reason(out.finish_reason)
+                        yield chunk(chat_choice(index, {}, finish, None))
                     continue
                 if out.text or out.finish_reason or out.logprobs:
                     delta = {"content": out.text} if out.text else {}
@@ -253,27 +258,3 @@ class CompletionService:
         if prepared.include_usage:
             yield chunk(None, self._usage(prepared, sum(tokens)))
         yield DONE
-
-    @staticmethod
-    def _tool_deltas(index: int, text: str, last: GenerationOutput) -> list[dict[str, Any]]:
-        answer = tool_calls.parse(text)
-        finish = last.finish_reason
-        if answer.tool_calls:
-            calls = [{"index": i, **call} for i, call in enumerate(answer.tool_calls)]
-            return [
-                {
-                    "index": index,
-                    "delta": {"tool_calls": calls},
-                    "logprobs": None,
-                    "finish_reason": None,
-                },
-                {"index": index, "delta": {}, "logprobs": None, "finish_reason": "tool_calls"},
-            ]
-        return [
-            {
-                "index": index,
-                "delta": {"content": answer.content or ""},
-                "logprobs": None,
-                "finish_reason": finish,
-            },
-        ]

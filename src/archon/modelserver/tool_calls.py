@@ -7,6 +7,9 @@ The grammar is built from each tool's parameter schema, so arguments always vali
 ``tool_choice`` narrows the grammar: ``required`` drops the text answer, a named function keeps
 only that function; ``parallel_tool_calls: false`` allows one call.
 
+The answer is read back into OpenAI's message fields, whole or streamed, by tool_stream.py, and
+each tool's own ``$defs``/``$ref`` are made to work inside the combined schema by tool_schema.py.
+
 Earlier turns are rendered in the same format: an assistant turn with ``tool_calls`` becomes
 that JSON, and a ``tool`` turn becomes a user turn holding ``{"tool_response": ...}``, which
 every chat template can render.
@@ -15,12 +18,12 @@ every chat template can render.
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from archon.modelserver.schemas import ChatCompletionRequest, ChatMessage, NamedToolChoice
 from archon.modelserver.structured_output import grammar_for_schema
+from archon.modelserver.tool_schema import HoistedDefinitions
 
 _INSTRUCTIONS = (
     "You can call the following tools. Each is given with a JSON schema of its arguments.\n"
@@ -37,15 +40,19 @@ class ToolPlan:
 
     grammar: str
     instructions: str
+    schema: dict[str, Any]  # the JSON schema the grammar was built from
 
 
 def plan(req: ChatCompletionRequest) -> ToolPlan | None:
     """The tool format for this request, or None when its answer is plain text."""
     if not req.tools or req.tool_choice == "none":
         return None
-    functions = [t.function for t in req.tools if t.function is not None]
+    functions = [(i, t.function) for i, t in enumerate(req.tools) if t.function is not None]
     if isinstance(req.tool_choice, NamedToolChoice) and req.tool_choice.function is not None:
-        functions = [f for f in functions if f.name == req.tool_choice.function.name]
+        chosen = req.tool_choice.function.name
+        functions = [(i, f) for i, f in functions if f.name == chosen]
+    # Each tool's own $defs/$ref, hoisted to the combined schema's root (tool_schema.py).
+    definitions = HoistedDefinitions()
     calls: dict[str, Any] = {
         "type": "array",
         "minItems": 1,
@@ -55,11 +62,15 @@ def plan(req: ChatCompletionRequest) -> ToolPlan | None:
                     "type": "object",
                     "properties": {
                         "name": {"const": f.name},
-                        "arguments": f.parameters or {"type": "object"},
+                        "arguments": definitions.add_tool(
+                            i,
+                            f.parameters or {"type": "object"},
+                            param=f"tools[{i}].function.parameters",
+                        ),
                     },
                     "required": ["name", "arguments"],
                 }
-                for f in functions
+                for i, f in functions
             ]
         },
     }
@@ -86,14 +97,15 @@ def plan(req: ChatCompletionRequest) -> ToolPlan | None:
                 "description": f.description or "",
                 "parameters": f.parameters or {"type": "object"},
             }
-            for f in functions
+            for _, f in functions
         ],
         ensure_ascii=False,
     )
     instructions = _INSTRUCTIONS.format(
         tools=described, choices=_CALL + (_ANSWER if text_allowed else "")
     )
-    return ToolPlan(grammar_for_schema(schema, param="tools"), instructions)
+    schema = definitions.into(schema)
+    return ToolPlan(grammar_for_schema(schema, param="tools"), instructions, schema)
 
 
 def render_messages(
@@ -127,40 +139,6 @@ def render_messages(
         else:
             out.insert(0, {"role": "system", "content": tool_plan.instructions})
     return out
-
-
-@dataclass
-class ParsedAnswer:
-    content: str | None
-    tool_calls: list[dict[str, Any]] | None
-
-
-def parse(text: str) -> ParsedAnswer:
-    """The model's constrained answer as OpenAI's message fields.
-
-    A cut-off answer (finish_reason ``length``) is not valid JSON; it is returned as text.
-    """
-    try:
-        data = json.loads(text, strict=False)
-    except ValueError:
-        return ParsedAnswer(text, None)
-    if isinstance(data, dict) and isinstance(data.get("tool_calls"), list):
-        calls = [
-            {
-                "id": f"call_{uuid.uuid4().hex[:24]}",
-                "type": "function",
-                "function": {
-                    "name": call.get("name", ""),
-                    "arguments": json.dumps(call.get("arguments", {}), ensure_ascii=False),
-                },
-            }
-            for call in data["tool_calls"]
-            if isinstance(call, dict)
-        ]
-        return ParsedAnswer(None, calls)
-    if isinstance(data, dict) and isinstance(data.get("response"), str):
-        return ParsedAnswer(data["response"], None)
-    return ParsedAnswer(text, None)
 
 
 def _arguments(raw: str) -> Any:
