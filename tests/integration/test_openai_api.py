@@ -38,7 +38,9 @@ def test_health_and_models(server: Server) -> None:
     assert health.status_code == 200
     assert health.json()["status"] == "ok"
     models = httpx.get(f"{server.url}/v1/models").json()
-    assert [m["id"] for m in models["data"]] == [MODEL]
+    # The chat model first, then the embedding model served by name (tests/integration/
+    # test_embeddings.py).
+    assert [m["id"] for m in models["data"]] == [MODEL, "all-MiniLM-L6-v2"]
     assert models["data"][0]["max_model_len"] == 2048
 
 
