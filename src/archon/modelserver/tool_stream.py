@@ -21,6 +21,7 @@ escapes, nesting) for that, on output the grammar has already made valid JSON.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,14 @@ Path = tuple[str | int, ...]
 # Output paths the reader looks at: the wrapper, the answer text, each call, its name and arguments.
 _DEEPEST = 3
 _SCALAR_CHARS = frozenset("0123456789+-.eEtrufalsn")
+# The end of an unfinished string that waits for its next piece before it is decoded: a lone
+# backslash, a \u escape missing hex digits, or a high surrogate whose low half has not come
+# (alone it would decode to a different character). Recent jiter holds these back itself
+# (jiter#208); older releases, which other installs may have, raise or decode them alone.
+_UNFINISHED_ESCAPE = re.compile(
+    r"(?:^|[^\\])(?:\\\\)*"  # an even run of backslashes: whole escapes
+    r"(\\(?:u[dD][89abAB][0-9a-fA-F]{2}(?:\\(?:u[0-9a-fA-F]{0,3})?)?|u[0-9a-fA-F]{0,3})?)$"
+)
 
 
 def new_call_id() -> str:
@@ -130,11 +139,11 @@ class _Scanner:
 
 
 def _decode_partial_string(raw: str) -> str:
-    """The text of a JSON string's unfinished body ``raw`` (no quotes), as far as it is whole.
-
-    jiter leaves out an escape cut in the middle (a lone backslash, ``\\u00``) and a high
-    surrogate whose low half has not come, so every result is a prefix of the final text.
-    """
+    """The text of a JSON string's unfinished body ``raw`` (no quotes), as far as it is whole:
+    every result is a prefix of the final text."""
+    unfinished = _UNFINISHED_ESCAPE.search(raw)
+    if unfinished and unfinished.group(1):
+        raw = raw[: unfinished.start(1)]
     decoded = jiter.from_json(('"' + raw).encode(), partial_mode="trailing-strings")
     return decoded if isinstance(decoded, str) else ""
 
