@@ -125,6 +125,39 @@ def test_gguf_embeddings_match_llama_cpp_python(pooled: Server, bundled_model_pa
     assert np.allclose(by_ids, vectors[2], atol=1e-6)
 
 
+def test_embeddings_leave_generation_alone(pooled: Server) -> None:
+    """The embedding context is the model's second one: chat streams on while it embeds, and
+    neither changes the other's results."""
+    import concurrent.futures
+
+    client = sdk(pooled)
+    ask = [{"role": "user", "content": "Name three colours."}]
+    before = client.embeddings.create(model=MODEL, input=TEXTS).data
+
+    def chat() -> str:
+        stream = client.chat.completions.create(
+            model=MODEL,
+            messages=ask,  # type: ignore[arg-type]
+            max_tokens=16,
+            temperature=0,
+            stream=True,
+        )
+        return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        chats = [pool.submit(chat) for _ in range(2)]
+        embeds = [
+            pool.submit(lambda: client.embeddings.create(model=MODEL, input=TEXTS).data)
+            for _ in range(2)
+        ]
+        texts = [f.result(timeout=300) for f in chats]
+        vectors = [f.result(timeout=300) for f in embeds]
+    assert all(texts)  # batch composition may move a greedy token: only that both answered
+    for data in vectors:
+        for a, b in zip(data, before, strict=True):
+            assert np.allclose(a.embedding, b.embedding, atol=1e-6)
+
+
 def test_gguf_input_over_its_window_is_refused(pooled: Server) -> None:
     response = post(pooled, model=MODEL, input="word " * 600)
     assert response.status_code == 400
