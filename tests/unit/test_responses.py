@@ -14,13 +14,8 @@ import jsonschema
 import pytest
 
 from archon.errors import InvalidRequestError
-from archon.openai.responses import (
-    ResponsesRequest,
-    Translation,
-    from_chat_completion,
-    responses_param,
-    to_chat,
-)
+from archon.openai.responses import ResponsesRequest, Translation, responses_param, to_chat
+from archon.openai.responses_output import from_chat_completion
 from archon.openai.responses_stream import ResponseEvents, response_stream
 
 SPEC_PATH = Path(__file__).resolve().parents[3] / "shared" / "reference" / "openai-openapi.json"

@@ -18,11 +18,11 @@ from archon.modelserver.serving import CompletionService
 from archon.openai.responses import (
     ResponsesRequest,
     Translation,
-    from_chat_completion,
     rename_param,
     responses_param,
     to_chat,
 )
+from archon.openai.responses_output import from_chat_completion
 from archon.openai.responses_stream import response_stream
 from archon.openai.sse import SSE_HEADERS
 

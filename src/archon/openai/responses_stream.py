@@ -19,8 +19,8 @@ import json
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from typing import Any
 
-from archon.openai.responses import (
-    Translation,
+from archon.openai.responses import Translation
+from archon.openai.responses_output import (
     function_call_item,
     message_item,
     new_item_id,
