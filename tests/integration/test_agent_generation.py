@@ -84,6 +84,27 @@ def test_the_stand_in_gets_the_defaults_the_requests_own_values_and_the_keys_cap
         assert fake.bodies[-1]["max_tokens"] == 20  # lowered to the cap, not refused
         assert answer.usage is not None and answer.usage.completion_tokens == 20
 
+        # JSON, tool arguments and completions copy from the prompt: no sampling defaults
+        # (docs/benchmarks.md, "Copying"); the length default and the cap still apply.
+        sampling = {k for k in SENT if k != "max_tokens"}
+        schema = {"name": "x", "schema": {"type": "object"}}
+        plain.chat.completions.create(
+            model=FAKE_MODEL,
+            messages=hi,
+            response_format={"type": "json_schema", "json_schema": schema},
+        )
+        assert not sampling & set(fake.bodies[-1]) and fake.bodies[-1]["max_tokens"] == 12
+        tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+        plain.chat.completions.create(
+            model=FAKE_MODEL, messages=hi, tools=[tool], tool_choice="required", temperature=0.5
+        )
+        assert not (sampling - {"temperature"}) & set(fake.bodies[-1])
+        assert fake.bodies[-1]["temperature"] == 0.5  # the request's own, as always
+        plain.completions.create(model=FAKE_MODEL, prompt="Hi", max_tokens=500)
+        assert not sampling & set(fake.bodies[-1]) and fake.bodies[-1]["max_tokens"] == 20
+        plain.completions.create(model=FAKE_MODEL, prompt="Hi")
+        assert "max_tokens" not in fake.bodies[-1]  # the model server's default (OpenAI's 16)
+
         # A key's cap bounds the agent's default (12 would be refused above the key's 8)...
         sdk(agent, "sk-capped").chat.completions.create(model=FAKE_MODEL, messages=hi)
         assert fake.bodies[-1]["max_tokens"] == 8

@@ -1,7 +1,8 @@
 """A stand-in model server for the agent's tests of failure paths and limits: the OpenAI API
 shape of `archon serve` (health, models, chat and completions, streamed or not, `usage` in the
 answer and, with stream_options.include_usage, a usage chunk before [DONE]), with switches for
-the ways a real server misbehaves. The real model server is tested in the same files too."""
+the ways a real server misbehaves; /v1/embeddings for the models in ``embedding_models``
+(three numbers a text, a token a word). The real model server is tested in the same files too."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class FakeUpstream:
         self.delay = 0.0
         self.prompt_tokens = 10
         self.reply: str | None = None
+        self.embedding_models: list[str] = []  # listed in /v1/models too; /v1/embeddings answers
         self.bodies: list[dict[str, Any]] = []
         self.released = threading.Event()
         self.hold: threading.Event | None = None  # set: each request waits for it (then answers)
@@ -48,7 +50,8 @@ class FakeUpstream:
                 if self.path == "/health":
                     self._json(200, {"status": "ok"})
                 elif self.path == "/v1/models":
-                    self._json(200, {"object": "list", "data": [{"id": fake.model}]})
+                    ids = [fake.model, *fake.embedding_models]
+                    self._json(200, {"object": "list", "data": [{"id": i} for i in ids]})
                 else:
                     self._json(404, {"error": {"message": "no such path"}})
 
@@ -80,6 +83,9 @@ class FakeUpstream:
                 if fake.mode == "refuse_503":
                     self._json(503, {"error": {"message": "queue full", "type": "x"}})
                     return
+                if self.path.endswith("/embeddings"):
+                    self._embeddings(body)
+                    return
                 chat = self.path.endswith("/chat/completions")
                 completion = int(body.get("max_tokens") or body.get("max_completion_tokens") or 5)
                 pieces = ["tok "] * completion
@@ -110,6 +116,18 @@ class FakeUpstream:
                         "choices": [choice],
                         "usage": usage,
                     },
+                )
+
+            def _embeddings(self, body: dict[str, Any]) -> None:
+                texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+                data = [
+                    {"object": "embedding", "index": n, "embedding": [0.5, -0.5, float(n)]}
+                    for n in range(len(texts))
+                ]
+                tokens = sum(len(str(t).split()) for t in texts)
+                usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+                self._json(
+                    200, {"object": "list", "data": data, "model": body["model"], "usage": usage}
                 )
 
             def _stream(

@@ -186,6 +186,12 @@ def create_app(settings: AgentSettings) -> FastAPI:
         """Plain completions, passed through to a model server."""
         return await gateway.completions(request, key)
 
+    @app.post("/v1/embeddings")
+    @api("embeddings")
+    async def embeddings(request: Request, key: ApiKey | None) -> Response:
+        """Embeddings from the model server that serves the model named (no retrieval)."""
+        return await gateway.embeddings(request, key)
+
     @app.get("/v1/models")
     @api("models")
     async def models(_: Request, key: ApiKey | None) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """Forwarding a request to the model servers: the steps in order, each in its own module.
 
-`preparation.py` readies a chat (options, generation defaults, the key's limits, retrieval);
-`failover.py` opens it on the best upstream that takes it; a whole answer is read here (sources
-added to a chat's), a stream is relayed by `relay.py`.
+`preparation.py` readies a chat, a completion or an embeddings request (options, generation
+defaults, the key's limits, retrieval, what may be added to the answer); `failover.py` opens it
+on the best upstream that takes it; a whole answer is read here and shaped by `shaping.py`, a
+stream is relayed by `relay.py` (through the same shaping); `exchange.py` ends the request's
+bookkeeping once.
 
 The hot path stays lean on purpose (the agent should add well under a millisecond): the body
 is parsed once, re-serialised only when it changed, and a stream without sources to attach is
@@ -12,7 +14,6 @@ relayed chunk by chunk without parsing.
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import aiohttp
@@ -23,18 +24,26 @@ from starlette.responses import Response, StreamingResponse
 from archon.agent.admission import HEADER as PRIORITY_HEADER
 from archon.agent.admission import Admission, Priority, priority_of
 from archon.agent.auth import ApiKey
+from archon.agent.exchange import Exchange, Route
 from archon.agent.failover import Failover
-from archon.agent.limits import Grant, Limiter, usage_of
+from archon.agent.limits import Limiter, usage_of
 from archon.agent.metrics import AgentMetrics
 from archon.agent.preparation import ChatPreparer, Prepared
-from archon.agent.rag import KnowledgeBaseClient, mark_cited
-from archon.agent.relay import Relay, Stream, trim_echo_start
+from archon.agent.rag import KnowledgeBaseClient
+from archon.agent.relay import Relay, Stream
 from archon.agent.settings import AgentSettings
+from archon.agent.shaping import shape_answer
 from archon.agent.upstreams import Lease, UpstreamPool
 from archon.errors import ArchonError, ServiceUnavailableError
-from archon.http import parse_json_object, run_unless_client_leaves
+from archon.http import run_unless_client_leaves
 from archon.openai.sse import SSE_HEADERS
 from archon.service import Lifecycle
+
+PATHS: dict[Route, str] = {
+    "chat": "/v1/chat/completions",
+    "completions": "/v1/completions",
+    "embeddings": "/v1/embeddings",
+}
 
 
 class Gateway:
@@ -59,35 +68,21 @@ class Gateway:
 
     # -- requests -------------------------------------------------------------------------
 
-    async def chat(self, request: Request, key: ApiKey | None = None) -> Response:
-        began = time.perf_counter()
-        priority = self.priority(request, key)
-        raw = await request.body()
-        prepared = await self.preparer.prepare(raw, key)
-        prepared.priority = priority
-        return await self._forward(request, "/v1/chat/completions", "chat", prepared, began)
+    async def chat(
+        self, request: Request, key: ApiKey | None = None, raw: bytes | None = None
+    ) -> Response:
+        """A chat completion: the request (its headers; a client that leaves cancels it), the
+        caller's key, and the body (``raw``: one built by the caller, e.g. from a Responses
+        request; None: the request's own) in; the client's response out."""
+        return await self._handle(request, key, Exchange(self.metrics, "chat"), raw)
 
     async def completions(self, request: Request, key: ApiKey | None = None) -> Response:
-        began = time.perf_counter()
-        priority = self.priority(request, key)
-        raw = await request.body()
-        data = parse_json_object(raw)
-        model = data.get("model")
-        stream = data.get("stream") is True
-        grant = None
-        if key is not None and key.metered and self.limits is not None:
-            grant = await self.limits.admit(key, data, stream, len(raw))
-            if grant.changed:
-                raw = json.dumps(data, ensure_ascii=False).encode()
-        prepared = Prepared(
-            raw,
-            model if isinstance(model, str) else None,
-            stream,
-            "off",
-            grant=grant,
-            priority=priority,
-        )
-        return await self._forward(request, "/v1/completions", "completions", prepared, began)
+        return await self._handle(request, key, Exchange(self.metrics, "completions"))
+
+    async def embeddings(self, request: Request, key: ApiKey | None = None) -> Response:
+        """Embeddings, sent to an upstream that serves the model: no retrieval, no generation
+        defaults, a key's models and limits as for a chat."""
+        return await self._handle(request, key, Exchange(self.metrics, "embeddings"))
 
     def priority(self, request: Request, key: ApiKey | None) -> Priority:
         if self.admission is None:
@@ -111,26 +106,32 @@ class Gateway:
             cards = [c for c in cards if key.may_use(str(c.get("id")))]
         return {"object": "list", "data": cards}
 
-    async def _forward(
-        self, request: Request, path: str, route: str, prepared: Prepared, began: float
+    async def _handle(
+        self, request: Request, key: ApiKey | None, exchange: Exchange, raw: bytes | None = None
     ) -> Response:
-        grant = prepared.grant
-        if grant is None:
-            return await self._send(request, path, route, prepared, began)
+        """Prepare, send and answer one request; its exchange (and with it a metered key's
+        grant) is ended here, or by the relayed stream when there is one."""
+        priority = self.priority(request, key)
+        if raw is None:
+            raw = await request.body()
         try:
-            return await self._send(request, path, route, prepared, began)
+            if exchange.route == "embeddings":
+                prepared = await self.preparer.prepare_embeddings(raw, exchange, key, priority)
+            else:
+                prepared = await self.preparer.prepare(raw, exchange, key, priority)
+            return await self._send(request, PATHS[exchange.route], prepared, exchange)
         except ArchonError as exc:
-            grant.finish(exc.status_code)
-            exc.headers = {**grant.headers, **(exc.headers or {})}
+            exchange.fail(exc.status_code)
+            if exchange.grant is not None:
+                exc.headers = {**exchange.grant.headers, **(exc.headers or {})}
             raise
         except BaseException:
-            grant.finish(499)
+            exchange.fail(499)
             raise
 
     async def _send(
-        self, request: Request, path: str, route: str, prepared: Prepared, began: float
+        self, request: Request, path: str, prepared: Prepared, exchange: Exchange
     ) -> Response:
-        grant = prepared.grant
         raw: bytes | None = None
         if prepared.stream and self.admission is None:
             # A stream's headers come at once.
@@ -141,14 +142,14 @@ class Gateway:
             # lease goes back, the upstream connection closes, the model server stops).
             done = await run_unless_client_leaves(request, self._open_and_read(path, prepared))
             if done is None:
-                return self._client_left(route, began, grant)
+                return self._client_left(exchange)
             resp, lease, raw = done
         up = lease.upstream
         headers = {"x-archon-rag": prepared.outcome, "x-archon-upstream": str(up.number)}
-        if grant is not None:
-            headers.update(grant.headers)
+        if exchange.grant is not None:
+            headers.update(exchange.grant.headers)
         if prepared.stream and resp.status == 200:
-            stream = Stream(self.metrics, resp, lease, route, began, grant)
+            stream = Stream(resp, lease, exchange)
             try:
                 return StreamingResponse(
                     self.relay.relay(stream, prepared),
@@ -164,31 +165,15 @@ class Gateway:
         if raw is None:  # a stream refused with an error status: read that error
             raw = await run_unless_client_leaves(request, self._read(resp, lease))
             if raw is None:
-                return self._client_left(route, began, grant)
-        self.metrics.observe(route, resp.status, began)
-        if grant is not None:
-            grant.finish(resp.status, usage_of(raw) if resp.status == 200 else None)
+                return self._client_left(exchange)
+        exchange.end(resp.status, usage_of(raw) if resp.status == 200 else None)
         content_type = resp.headers.get("content-type", "application/json")
-        if resp.status != 200 or prepared.outcome == "off" or route != "chat":
+        if resp.status != 200 or not prepared.shaping.active:
             return Response(raw, status_code=resp.status, media_type=content_type, headers=headers)
-        data = json.loads(raw)
-        for choice in data.get("choices") or []:
-            message = choice.get("message") if isinstance(choice, dict) else None
-            if not isinstance(message, dict):
-                continue
-            content = str(message.get("content") or "")
-            if prepared.echo_stops and choice.get("finish_reason") == "stop":
-                content = trim_echo_start(content)
-            if prepared.lead is not None:
-                content = prepared.lead + content
-            if content != (message.get("content") or ""):
-                message["content"] = content
-        answer = "".join(
-            str((c.get("message") or {}).get("content") or "") for c in data.get("choices") or []
-        )
-        data["sources"] = mark_cited(prepared.sources, answer)
         return Response(
-            json.dumps(data, ensure_ascii=False).encode(),
+            json.dumps(
+                shape_answer(json.loads(raw), prepared.shaping), ensure_ascii=False
+            ).encode(),
             media_type="application/json",
             headers=headers,
         )
@@ -224,10 +209,8 @@ class Gateway:
         resp.release()
         return raw
 
-    def _client_left(self, route: str, began: float, grant: Grant | None) -> Response:
-        self.metrics.observe(route, 499, began)
-        if grant is not None:
-            grant.finish(499, estimate=True)
+    def _client_left(self, exchange: Exchange) -> Response:
+        exchange.end(499, estimate=True)
         return Response(status_code=499)
 
     def count_error(self, route: str, exc: ArchonError) -> None:

@@ -170,15 +170,24 @@ def names_a_length(data: dict[str, Any]) -> bool:
 
 
 def apply_generation(
-    settings: GenerationSettings, data: dict[str, Any], key: ApiKey | None = None
+    settings: GenerationSettings,
+    data: dict[str, Any],
+    key: ApiKey | None = None,
+    *,
+    sampling: bool = True,
+    default_length: bool = True,
 ) -> bool:
     """Fill the body's unset sampling fields and its answer length in place; True if changed.
+    The length cap applies to every request; the sampling defaults only with ``sampling`` (a
+    plain-text chat answer: JSON, tool arguments and completions copy from the prompt, which
+    the repetition penalty damages, docs/benchmarks.md "Copying"), the default length only
+    with ``default_length`` (a chat: a completion keeps the model server's default, OpenAI's 16).
 
     Runs before the key's limits (archon.agent.limits.Limiter.admit) so they see the final body.
     """
     values = settings.for_model(data.get("model"))
     changed = False
-    for name in SAMPLING_FIELDS:
+    for name in SAMPLING_FIELDS if sampling else ():
         value = getattr(values, name)
         if value is not None and data.get(name) is None:
             data[name] = value
@@ -191,7 +200,7 @@ def apply_generation(
         if cap is not None and type(value) is int and value > cap:
             data[name] = cap
             changed = True
-    if asked or values.max_tokens is None:
+    if asked or values.max_tokens is None or not default_length:
         return changed
     metered = key if key is not None and key.metered else None
     if metered is not None and metered.default_max_tokens is not None:

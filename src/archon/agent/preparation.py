@@ -1,17 +1,19 @@
-"""A chat request made ready to forward: Archon's options read, generation defaults and the
-key's limits applied, then retrieval (context from the knowledge base, the sources to attach).
+"""A request made ready to forward: Archon's options read, generation defaults and the key's
+limits applied, then, for a chat, retrieval (context from the knowledge base) and the decision
+of what the agent may add to the answer (archon.agent.shaping.Shaping).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from archon.agent.admission import Priority
 from archon.agent.auth import ApiKey
+from archon.agent.exchange import Exchange
 from archon.agent.generation import apply_generation, names_a_length
-from archon.agent.limits import Grant, Limiter
+from archon.agent.limits import Limiter
 from archon.agent.metrics import AgentMetrics
 from archon.agent.rag import (
     ArchonOptions,
@@ -21,10 +23,13 @@ from archon.agent.rag import (
     augment,
     conversation_key,
     echo_stops,
+    lead_passage,
     lead_quote,
+    relevance,
     retrieval_query,
 )
 from archon.agent.settings import AgentSettings
+from archon.agent.shaping import NOTHING, Shaping, may_rewrite
 from archon.agent.upstreams import UpstreamPool
 from archon.errors import InvalidRequestError
 from archon.http import parse_json_object
@@ -32,19 +37,25 @@ from archon.http import parse_json_object
 
 @dataclass
 class Prepared:
-    """A chat request after Archon's options and retrieval were applied."""
+    """A request after Archon's options, the key's limits and retrieval were applied."""
 
     body: bytes
     model: str | None
     stream: bool
     outcome: Outcome
-    sources: list[dict[str, Any]] = field(default_factory=list)
+    shaping: Shaping = NOTHING  # what the agent adds to the answer
     conversation: str | None = None
     include_usage: bool = False  # the client asked for the usage chunk
-    grant: Grant | None = None  # a metered key's admission (archon.agent.limits)
     priority: Priority = "interactive"  # its class in the admission queue
-    lead: str | None = None  # put before the model's answer (archon.agent.rag.lead_quote)
-    echo_stops: bool = False  # the agent set the stop sequences (archon.agent.rag.echo_stops)
+
+
+@dataclass
+class Retrieved:
+    outcome: Outcome
+    messages: list[Any]  # with the excerpts, or the client's when none are used
+    sources: list[dict[str, Any]]
+    query: str = ""
+    lead: str | None = None
 
 
 @dataclass
@@ -55,15 +66,27 @@ class ChatPreparer:
     metrics: AgentMetrics
     limits: Limiter | None  # None: no key is metered
 
-    async def prepare(self, raw: bytes, key: ApiKey | None = None) -> Prepared:
+    async def prepare(
+        self,
+        raw: bytes,
+        exchange: Exchange,
+        key: ApiKey | None = None,
+        priority: Priority = "interactive",
+    ) -> Prepared:
+        """The body to forward and what to do with the answer, for a chat or a completion
+        (``exchange.route``). A metered key admitted here gets its grant on ``exchange``,
+        which its owner ends whatever happens next (archon.agent.gateway)."""
+        route = exchange.route
         data = parse_json_object(raw)
         changed = "archon" in data
         options = ArchonOptions.parse(data.pop("archon", None))
         messages = data.get("messages")
         if not isinstance(messages, list) or not messages:
-            raise InvalidRequestError(
-                "'messages' must be a non-empty list of messages", param="messages"
-            )
+            if route == "chat":
+                raise InvalidRequestError(
+                    "'messages' must be a non-empty list of messages", param="messages"
+                )
+            messages = []  # a completion: its prompt is the model server's to check
         model = data.get("model")
         if model is None:
             # Convenience for curl users: with one model behind the agent, 'model' may be left out.
@@ -75,45 +98,43 @@ class ChatPreparer:
         include_usage = isinstance(stream_options, dict) and bool(
             stream_options.get("include_usage")
         )
+        # Only a plain-text chat answer may get words added, and only it gets the sampling
+        # defaults: JSON, tool arguments and completions are copied from the prompt, which a
+        # repetition penalty damages (docs/benchmarks.md, "Copying").
+        plain = route == "chat" and may_rewrite(data)
         # Before the limits, so that they see the body the model server will get.
         own_length = names_a_length(data)
-        changed |= apply_generation(self.settings.generation, data, key)
+        changed |= apply_generation(
+            self.settings.generation, data, key, sampling=plain, default_length=route == "chat"
+        )
         # The agent's own default length, if that is what the body now has (not the client's,
         # nor, after the limits below, a key's): only that one yields to quoted_max_tokens.
         our_length = None if own_length else data.get("max_tokens")
-        grant = None
         if key is not None and key.metered and self.limits is not None:
             # Before retrieval: a refused request costs no knowledge-base query.
-            grant = await self.limits.admit(key, data, stream, len(raw))
-            changed |= grant.changed
+            exchange.grant = await self.limits.admit(key, data, stream, len(raw))
+            changed |= exchange.grant.changed
         outcome: Outcome = "off"
-        sources: list[dict[str, Any]] = []
-        lead = None
-        stops = False
-        if options.rag and self.kb is not None:
-            try:
-                outcome, sources, augmented, query = await self._retrieve(
-                    self.kb, options, messages
-                )
-            except BaseException:
-                if grant is not None:
-                    grant.finish(499)
-                raise
-            if augmented is not messages:
-                data["messages"], changed = augmented, True
-            values = self.settings.generation.for_model(model)
-            if sources and values.lead_quote:
-                lead = lead_quote(query, sources)
+        shaping = NOTHING
+        if route == "chat" and options.rag and self.kb is not None:
+            found = await self._retrieve(self.kb, options, messages, plain, model)
+            outcome = found.outcome
+            if found.messages is not messages:
+                data["messages"], changed = found.messages, True
+            lead = found.lead
+            stops = False
             if lead and data.get("stop") is None and not data.get("ignore_eos"):
                 # A small model often goes on by copying an excerpt's header ("[5] archon:
                 # docs/..."): that is where its answer has ended. Only after a lead quote, so
                 # that the answer is never empty; not when the client asked for every token.
-                data["stop"], changed, stops = echo_stops(sources), True, True
-            shorter = values.quoted_max_tokens
+                data["stop"], changed, stops = echo_stops(found.sources), True, True
+            shorter = self.settings.generation.for_model(model).quoted_max_tokens
             length = data.get("max_tokens")
             if lead and shorter and our_length is not None and length == our_length > shorter:
                 data["max_tokens"], changed = shorter, True  # lower only: limits saw the body
-        self.metrics.rag.labels(outcome).inc()
+            shaping = Shaping(True, found.sources, lead, stops)
+        if route == "chat":
+            self.metrics.rag.labels(outcome).inc()
         conversation = conversation_key(model, messages) if self.pool.affinity else None
         body = json.dumps(data, ensure_ascii=False).encode() if changed else raw
         return Prepared(
@@ -121,26 +142,55 @@ class ChatPreparer:
             model if isinstance(model, str) else None,
             stream,
             outcome,
-            sources,
+            shaping,
             conversation,
             include_usage,
-            grant,
-            lead=lead,
-            echo_stops=stops,
+            priority,
+        )
+
+    async def prepare_embeddings(
+        self,
+        raw: bytes,
+        exchange: Exchange,
+        key: ApiKey | None = None,
+        priority: Priority = "interactive",
+    ) -> Prepared:
+        """An embeddings request goes as it came, to an upstream serving its model (the health
+        checks know each one's models); a metered key's model list and limits apply, and its
+        tokens are counted from the answer's usage."""
+        data = parse_json_object(raw)
+        model = data.get("model")
+        if key is not None and key.metered and self.limits is not None:
+            exchange.grant = await self.limits.admit(key, data, False, len(raw), generates=False)
+        return Prepared(
+            raw, model if isinstance(model, str) else None, False, "off", priority=priority
         )
 
     async def _retrieve(
-        self, kb: KnowledgeBaseClient, options: ArchonOptions, messages: list[Any]
-    ) -> tuple[Outcome, list[dict[str, Any]], list[Any], str]:
+        self,
+        kb: KnowledgeBaseClient,
+        options: ArchonOptions,
+        messages: list[Any],
+        plain: bool,
+        model: Any,
+    ) -> Retrieved:
         query = retrieval_query(messages, self.settings.history_turns)
         if not query:
-            return "none", [], messages, query
+            return Retrieved("none", messages, [])
         try:
             chunks, seconds = await kb.query(
                 query, options.top_k or self.settings.top_k, options.filters
             )
         except RetrievalError:
-            return "degraded", [], messages, query
+            return Retrieved("degraded", messages, [])
         self.metrics.retrieval_seconds.observe(seconds)
         augmented, sources = augment(messages, chunks, self.settings.max_context_chars, query)
-        return ("used" if sources else "none"), sources, augmented, query
+        best = lead_passage(query, sources)
+        if not sources or relevance(best) < self.settings.min_relevance:
+            # Nothing retrieved holds the question (small talk, a topic the docs lack): the
+            # model answers without excerpts, which would only pull it off the question.
+            return Retrieved("none", messages, [], query)
+        lead = None
+        if plain and self.settings.generation.for_model(model).lead_quote:
+            lead = lead_quote(query, sources, best)
+        return Retrieved("used", augmented, sources, query, lead)

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from archon.agent.highlights import best_passage, window
+from archon.agent.highlights import Passage, best_passage, window
 from archon.errors import InvalidRequestError
 from archon.kb.query import Filters
 from archon.openai.messages import content_text
@@ -201,13 +201,28 @@ def augment(
     return [{"role": "system", "content": PREAMBLE}, *out], sources
 
 
-def lead_quote(query: str, sources: list[dict[str, Any]]) -> str | None:
-    """The passage of the excerpts that best matches the question, verbatim, with its source
-    and line: what an answer from a model too small to quote the docs itself starts with.
-    (Picked among the excerpts, not the whole chunks: on the tuning half that found the fact
-    9 times in 23 against 7.)"""
+def lead_passage(query: str, sources: list[dict[str, Any]]) -> Passage | None:
+    """The passage of the excerpts that best matches the question (None: none shares a word
+    with it). Picked among the excerpts, not the whole chunks: on the tuning half that found
+    the fact 9 times in 23 against 7."""
     excerpts = [str(s.get(EXCERPT) or "") for s in sources]
-    best = best_passage(query, excerpts, QUOTE_CHARS)
+    return best_passage(query, excerpts, QUOTE_CHARS)
+
+
+def relevance(passage: Passage | None) -> float:
+    """How much of the question the best passage holds: the IDF-weighted share of the
+    question's words found in it (archon.agent.highlights), 0 when there is none. A passage
+    that answers holds most of them; small talk ("Say hi.") and questions the docs do not
+    cover share a word or two at most (docs/benchmarks.md, "Relevance")."""
+    return passage.score if passage is not None else 0.0
+
+
+def lead_quote(
+    query: str, sources: list[dict[str, Any]], best: Passage | None = None
+) -> str | None:
+    """The best passage (``lead_passage``, given or found) verbatim, with its source and line:
+    what an answer from a model too small to quote the docs itself starts with."""
+    best = best if best is not None else lead_passage(query, sources)
     if best is None:
         return None
     entry = sources[best.chunk]

@@ -1,22 +1,21 @@
 """Relaying a model server's stream to the client: as it comes, through a metered key's usage
-meter, or event by event to attach the sources to the last chunk; a broken stream ends with an
-error event and [DONE]."""
+meter, or event by event through the answer's shaping (archon.agent.shaping: the lead quote,
+the sources on the last chunk); a broken stream ends with an error event and [DONE]."""
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 
-from archon.agent.limits import Grant, StreamMeter
+from archon.agent.exchange import Exchange
+from archon.agent.limits import StreamMeter
 from archon.agent.metrics import AgentMetrics
 from archon.agent.preparation import Prepared
-from archon.agent.rag import mark_cited
+from archon.agent.shaping import StreamShaper
 from archon.agent.upstreams import Lease
 from archon.errors import error_body
 from archon.openai.sse import DONE, sse_event
@@ -29,19 +28,10 @@ class MidStreamFailure(Exception):
 
 
 class Stream:
-    """One relayed stream's upstream connection and bookkeeping, ended exactly once."""
+    """One relayed stream's upstream connection and its exchange, ended exactly once."""
 
-    def __init__(
-        self,
-        metrics: AgentMetrics,
-        resp: aiohttp.ClientResponse,
-        lease: Lease,
-        route: str,
-        began: float,
-        grant: Grant | None = None,
-    ):
-        self.metrics, self.resp, self.lease = metrics, resp, lease
-        self.route, self.began, self.grant = route, began, grant
+    def __init__(self, resp: aiohttp.ClientResponse, lease: Lease, exchange: Exchange):
+        self.resp, self.lease, self.exchange = resp, lease, exchange
         self.ended = False
 
     def end(self, finished: bool) -> None:
@@ -53,9 +43,7 @@ class Stream:
         else:
             self.resp.close()  # the client left or the upstream broke: stop the generation
         self.lease.release()
-        self.metrics.observe(self.route, 200, self.began)
-        if self.grant is not None:
-            self.grant.finish(200, estimate=True)
+        self.exchange.end(200, estimate=True)
 
 
 class Relay:
@@ -64,15 +52,17 @@ class Relay:
 
     async def relay(self, stream: Stream, prepared: Prepared) -> AsyncIterator[bytes]:
         resp, up = stream.resp, stream.lease.upstream
-        meter = stream.grant.meter if stream.grant is not None else None
+        grant, began = stream.exchange.grant, stream.exchange.began
+        meter = grant.meter if grant is not None else None
         finished = False
         try:
-            if prepared.outcome != "off" and stream.route == "chat":
-                events = self._attach_sources(resp, prepared, stream.began, meter)
+            if prepared.shaping.active:
+                shaper = StreamShaper(prepared.shaping, prepared.include_usage)
+                events = self._shaped(resp, shaper, began, meter)
             elif meter is not None:
-                events = self._metered(resp, stream.began, meter)
+                events = self._metered(resp, began, meter)
             else:
-                events = self._pass_through(resp, stream.began)
+                events = self._pass_through(resp, began)
             async for chunk in events:
                 yield chunk
             finished = True
@@ -131,22 +121,17 @@ class Relay:
         if not done:
             raise MidStreamFailure("the stream ended without [DONE]")
 
-    async def _attach_sources(
+    async def _shaped(
         self,
         resp: aiohttp.ClientResponse,
-        prepared: Prepared,
+        shaper: StreamShaper,
         began: float,
         meter: StreamMeter | None = None,
     ) -> AsyncIterator[bytes]:
-        """Relay event by event, adding ``sources`` to the last chunk before [DONE]: the one
-        with the finish_reason (or, with include_usage, the usage chunk after it)."""
-        answer: list[str] = []
-        attached = False
+        """Relay event by event through ``shaper`` (archon.agent.shaping): an event it changed
+        is re-serialised, any other passes as it came."""
         first = True
         dropped = False
-        template: dict[str, Any] = {}
-        led: set[Any] = set()  # the choices whose answer already starts with prepared.lead
-        held: dict[Any, str] = {}  # per choice, a "[5" that may be the start of an echo
         async for line in resp.content:
             if not line.startswith(b"data:"):
                 if dropped and not line.strip():
@@ -158,94 +143,22 @@ class Relay:
                 self.metrics.ttft_seconds.observe(time.perf_counter() - began)
                 first = False
             payload = line[5:].strip()
-            if meter is not None and payload != b"[DONE]" and meter.drop(payload):
-                dropped = True
-                continue
             if payload == b"[DONE]":
-                if not attached:
-                    yield sse_event(
-                        {
-                            **template,
-                            "choices": [],
-                            "sources": mark_cited(prepared.sources, "".join(answer)),
-                        }
-                    )
+                closing = shaper.closing()
+                if closing is not None:
+                    yield sse_event(closing)
                 yield DONE
                 return
+            if meter is not None and meter.drop(payload):
+                dropped = True
+                continue
             try:
                 event = json.loads(payload)
             except ValueError:
                 yield line
                 continue
-            if attached or not isinstance(event, dict) or "error" in event:
-                yield line
-                continue
-            template = {k: event[k] for k in ("id", "object", "created", "model") if k in event}
-            choices = event.get("choices") or []
-            rewritten = prepared.lead is not None and lead_choices(choices, prepared.lead, led)
-            if prepared.echo_stops:
-                rewritten = hold_echo_starts(choices, held) or rewritten
-            for choice in choices:
-                content = (choice.get("delta") or {}).get("content")
-                if content:
-                    answer.append(content)
-            last = (
-                (not choices and event.get("usage") is not None)
-                if prepared.include_usage
-                else any(c.get("finish_reason") for c in choices)
-            )
-            if last:
-                event["sources"] = mark_cited(prepared.sources, "".join(answer))
-                attached = True
+            if isinstance(event, dict) and shaper.feed(event):
                 yield sse_event(event)[:-1]  # the upstream's blank line ends the event
-            elif rewritten:
-                yield sse_event(event)[:-1]
             else:
                 yield line
         raise MidStreamFailure("the stream ended without [DONE]")
-
-
-def lead_choices(choices: list[Any], lead: str, led: set[Any]) -> bool:
-    """Put ``lead`` before the first delta of each choice not yet led; True if any changed."""
-    changed = False
-    for choice in choices:
-        if not isinstance(choice, dict) or choice.get("index", 0) in led:
-            continue
-        delta = choice.get("delta")
-        if not isinstance(delta, dict):
-            continue
-        led.add(choice.get("index", 0))
-        delta["content"] = lead + str(delta.get("content") or "")
-        changed = True
-    return changed
-
-
-_ECHO_START = re.compile(r"\[\d{0,3}$")  # what an echoed "[5] archon: " leaves before its stop
-
-
-def hold_echo_starts(choices: list[Any], held: dict[Any, str]) -> bool:
-    """Hold back a delta's trailing ``[`` or ``[5`` until the next one shows what it was: the
-    start of a citation goes on with it; the start of an excerpt header copied by the model
-    ends in the agent's stop sequence (archon.agent.rag.echo_stops), and is dropped."""
-    changed = False
-    for choice in choices:
-        if not isinstance(choice, dict) or not isinstance(choice.get("delta"), dict):
-            continue
-        index, delta = choice.get("index", 0), choice["delta"]
-        content = held.pop(index, "") + str(delta.get("content") or "")
-        finish = choice.get("finish_reason")
-        match = _ECHO_START.search(content)
-        if match and finish is None:
-            held[index] = match.group()
-            content = content[: match.start()]
-        elif match and finish == "stop":
-            content = content[: match.start()]
-        if content != (delta.get("content") or ""):
-            delta["content"] = content
-            changed = True
-    return changed
-
-
-def trim_echo_start(text: str) -> str:
-    """A whole answer without the ``[5`` an echoed excerpt header left before its stop."""
-    return _ECHO_START.sub("", text)

@@ -118,9 +118,12 @@ class Limiter:
                 return model
         return "other"
 
-    def shape(self, key: ApiKey, data: dict[str, Any], stream: bool) -> tuple[bool, bool]:
+    def shape(
+        self, key: ApiKey, data: dict[str, Any], stream: bool, generates: bool = True
+    ) -> tuple[bool, bool]:
         """Apply the key's model list and max_tokens cap/default to a parsed body; ask for the
-        stream's usage. Returns (changed, usage asked on the client's behalf)."""
+        stream's usage. Returns (changed, usage asked on the client's behalf). A request that
+        ``generates`` nothing (embeddings) gets only the model check."""
         model = data.get("model")
         if not key.may_use(model):
             raise ModelNotAllowedError(
@@ -129,6 +132,8 @@ class Limiter:
                 param="model",
             )
         changed = strip = False
+        if not generates:
+            return changed, strip
         cap = key.max_tokens
         asked = [f for f in ("max_tokens", "max_completion_tokens") if data.get(f) is not None]
         for name in asked:
@@ -149,13 +154,15 @@ class Limiter:
                 changed = strip = True
         return changed, strip
 
-    async def admit(self, key: ApiKey, data: dict[str, Any], stream: bool, size: int) -> Grant:
+    async def admit(
+        self, key: ApiKey, data: dict[str, Any], stream: bool, size: int, generates: bool = True
+    ) -> Grant:
         """Shape the body, then admit the request or raise the 403/400/429 (or, when the
         store is down and the agent fails closed, 503) that says why not."""
         model = data.get("model")
         label = self.model_label(model if isinstance(model, str) else None)
         try:
-            changed, strip = self.shape(key, data, stream)
+            changed, strip = self.shape(key, data, stream, generates)
         except (ModelNotAllowedError, InvalidRequestError) as exc:
             self.metrics.key_requests.labels(key.name, label, str(exc.status_code)).inc()
             raise
