@@ -99,4 +99,4 @@ litellm-venv:
 	PYTHON=$(PYTHON) bash scripts/setup-litellm-venv.sh .venv-litellm
 
 clean:
-	rm -rf $(VENV) .venv-vllm .venv-checkov .venv-litellm .venv-clients .venv-clients-openai2 .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) .venv-vllm .venv-checkov .venv-litellm .venv-clients .venv-clients-openai2 .venv-lmeval .pytest_cache .ruff_cache .mypy_cache
