@@ -4,7 +4,8 @@ they are generated (the SDK's stream helper accumulates and validates them), and
 ``max_tokens`` that never show the internal wrapper.
 
 The contract is asserted, never the bundled model's choices: where the model may either call a
-tool or answer, both outcomes are checked for their shape.
+tool or answer, both outcomes are checked for their shape. Raw answers and stream chunks are also
+checked against OpenAI's own schemas (../shared/reference/openai-openapi.json).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
+from tests.integration.test_openai_spec import validator
 from tests.support.servers import MODEL, Server
 
 
@@ -55,7 +57,8 @@ def client(server: Server) -> openai.OpenAI:
 
 
 def _sse(server: Server, body: dict[str, Any]) -> list[dict[str, Any]]:
-    """The chunks of a streamed chat completion, read by hand."""
+    """The chunks of a streamed chat completion, read by hand, each valid against the spec."""
+    schema = validator("CreateChatCompletionStreamResponse")
     chunks = []
     with httpx.stream(
         "POST", f"{server.url}/v1/chat/completions", json={**body, "stream": True}, timeout=120
@@ -64,6 +67,7 @@ def _sse(server: Server, body: dict[str, Any]) -> list[dict[str, Any]]:
         for line in response.iter_lines():
             if line.startswith("data: ") and line != "data: [DONE]":
                 chunks.append(json.loads(line[len("data: ") :]))
+                schema.validate(chunks[-1])
     return chunks
 
 
@@ -166,7 +170,7 @@ def _check_cut(content: str | None, calls: list[tuple[str, str]], finish: str | 
 @pytest.mark.parametrize("tool_choice", ["auto", "required", "named"])
 @pytest.mark.parametrize("max_tokens", [5, 16])
 def test_answer_cut_by_max_tokens_shows_no_wrapper(
-    client: openai.OpenAI, stream: bool, tool_choice: str, max_tokens: int
+    client: openai.OpenAI, server: Server, stream: bool, tool_choice: str, max_tokens: int
 ) -> None:
     kw: dict[str, Any] = {
         "model": MODEL,
@@ -177,20 +181,22 @@ def test_answer_cut_by_max_tokens_shows_no_wrapper(
         "max_tokens": max_tokens,
     }
     if not stream:
-        choice = client.chat.completions.create(**kw).choices[0]
+        raw = client.chat.completions.with_raw_response.create(**kw)
+        validator("CreateChatCompletionResponse").validate(json.loads(raw.text))
+        choice = raw.parse().choices[0]
         calls = [(c.function.name, c.function.arguments) for c in choice.message.tool_calls or []]
         _check_cut(choice.message.content, calls, choice.finish_reason)
         return
     content: str | None = None
     found: dict[int, list[str]] = {}
     finish = None
-    for chunk in client.chat.completions.create(stream=True, **kw):
-        for c in chunk.choices:
-            finish = c.finish_reason or finish
-            if c.delta.content:
-                content = (content or "") + c.delta.content
-            for d in c.delta.tool_calls or []:
-                entry = found.setdefault(d.index, ["", ""])
-                entry[0] += (d.function.name or "") if d.function else ""
-                entry[1] += (d.function.arguments or "") if d.function else ""
+    for chunk in _sse(server, kw):
+        for c in chunk["choices"]:
+            finish = c["finish_reason"] or finish
+            if c["delta"].get("content"):
+                content = (content or "") + c["delta"]["content"]
+            for d in c["delta"].get("tool_calls") or []:
+                entry = found.setdefault(d["index"], ["", ""])
+                entry[0] += d["function"].get("name", "")
+                entry[1] += d["function"].get("arguments", "")
     _check_cut(content, [(n, a) for n, a in found.values()], finish)
