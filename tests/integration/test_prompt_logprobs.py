@@ -6,8 +6,9 @@ of the continuation's tokens; if those are missing or wrong every score is silen
 oracle is llama-cpp-python's high-level ``Llama(logits_all=True)`` evaluating the same token ids
 in one batch, with the server's weight layout (``cpu_repack=auto``): the log-softmax of its
 logits at position i is the logprob of token i+1. Equal within 1e-3 for every prompt token,
-including a prompt the server prefills in several chunks (its batch is 128 tokens) and one whose
-prefix a slot already holds from an earlier request.
+including a prompt the server prefills in several chunks (its batch is 128 tokens; the oracle
+evaluates in the same chunks) and one whose prefix a slot already holds from an earlier
+request.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ def oracle(bundled_model_path: Path) -> Iterator[Any]:
         llm = llama_cpp.Llama(
             str(bundled_model_path),
             n_ctx=2048,
-            n_batch=512,
+            # The shared server's batch (ARCHON_BATCH_SIZE=128): a long prompt is evaluated
+            # in the same chunks, and llama.cpp's sums differ by ~2e-3 between splittings.
+            n_batch=128,
             n_threads=2,
             logits_all=True,
             # The server's attention: llama.cpp's default (auto) runs flash attention on
