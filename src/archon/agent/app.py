@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from archon.agent import responses
 from archon.agent.admission import make_admission
 from archon.agent.auth import ApiKey, KeyRing
 from archon.agent.gateway import Gateway
@@ -179,6 +180,12 @@ def create_app(settings: AgentSettings) -> FastAPI:
     async def chat_completions(request: Request, key: ApiKey | None) -> Response:
         """Chat with retrieval: context from the knowledge base, `sources` in the answer."""
         return await gateway.chat(request, key)
+
+    @app.post("/v1/responses")
+    @api("responses")
+    async def create_response(request: Request, key: ApiKey | None) -> Response:
+        """The Responses API over the chat path: retrieval, limits and routing as for chat."""
+        return await responses.create_response(gateway, request, key)
 
     @app.post("/v1/completions")
     @api("completions")
