@@ -6,6 +6,7 @@ success, errors), never the tiny model's wit."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -327,6 +328,33 @@ def test_context_overflow_names_max_output_tokens(server: Server) -> None:
         timeout=60,
     )
     assert r.status_code == 400 and r.json()["error"]["param"] == "max_output_tokens", r.text
+
+
+def aborted(server: Server) -> float:
+    """vllm:request_success_total{finished_reason="abort"} of the model server."""
+    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+        if line.startswith("vllm:request_success_total{") and 'finished_reason="abort"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("no abort counter in /metrics")
+
+
+def test_a_client_leaving_a_stream_stops_its_generation(server: Server) -> None:
+    before = aborted(server)
+    body = {
+        "model": MODEL,
+        "input": "Write a long story about a dragon who learns to bake bread.",
+        "max_output_tokens": 1500,
+        "temperature": 0,
+        "stream": True,
+    }
+    with httpx.stream("POST", f"{server.url}/v1/responses", json=body, timeout=60) as response:
+        for line in response.iter_lines():
+            if line == "event: response.output_text.delta":
+                break  # leaving the block closes the connection mid-answer
+    deadline = time.monotonic() + 20
+    while aborted(server) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert aborted(server) == before + 1
 
 
 def test_unknown_model_is_a_404(server: Server) -> None:
