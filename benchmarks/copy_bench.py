@@ -270,6 +270,12 @@ def main() -> None:
     parser.add_argument(
         "--concurrency", type=int, default=4, help="requests at once (the server's --parallel)"
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=None,
+        help="run only the variants whose name starts with this (repeatable)",
+    )
     args = parser.parse_args()
     proc = None
     url = args.url
@@ -294,7 +300,12 @@ def main() -> None:
                 log=lambda: log.read_text()[-3000:],
                 poll=0.5,
             )
-        results = run(url, VARIANTS, args.concurrency)
+        variants = {
+            name: values
+            for name, values in VARIANTS.items()
+            if not args.variant or any(name.startswith(v) for v in args.variant)
+        }
+        results = run(url, variants, args.concurrency)
         if args.out:
             args.out.write_text(json.dumps(results, indent=1))
     finally:

@@ -38,7 +38,7 @@ def score(kb_url: str, question: str, top_k: int, max_chars: int) -> dict[str, A
     _, sources = augment(messages, chunks, max_chars, question)
     best = lead_passage(question, sources)
     quoted = sources[best.chunk]["path"] if best is not None else None
-    return {"relevance": round(relevance(best), 3), "quoted": quoted}
+    return {"relevance": round(relevance(question, best), 3), "quoted": quoted}
 
 
 def main() -> None:

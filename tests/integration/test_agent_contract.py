@@ -144,7 +144,7 @@ def test_logprobs_and_several_choices_are_the_model_servers(agent: Server) -> No
     assert not any((c.message.content or "").startswith(LEAD) for c in several.choices)
 
 
-def test_no_sampling_defaults_on_a_structured_request(agent: Server, server: Server) -> None:
+def test_no_penalty_on_a_structured_request(agent: Server, server: Server) -> None:
     """Through the agent (retrieval off) and straight to the model server, at temperature 0:
     the same extraction, so the agent added no repetition penalty (it once turned "Alice is 31
     years old." into {"name": "Ava", "age": 25})."""

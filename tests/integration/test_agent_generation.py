@@ -84,24 +84,32 @@ def test_the_stand_in_gets_the_defaults_the_requests_own_values_and_the_keys_cap
         assert fake.bodies[-1]["max_tokens"] == 20  # lowered to the cap, not refused
         assert answer.usage is not None and answer.usage.completion_tokens == 20
 
-        # JSON, tool arguments and completions copy from the prompt: no sampling defaults
-        # (docs/benchmarks.md, "Copying"); the length default and the cap still apply.
-        sampling = {k for k in SENT if k != "max_tokens"}
+        # JSON and tool arguments copy from the prompt: no penalties (docs/benchmarks.md,
+        # "Copying"); temperature, top_p, the length default and the cap still apply. A
+        # completion gets no sampling defaults and keeps the model server's default length.
+        penalties = {"frequency_penalty", "presence_penalty", "repetition_penalty"}
         schema = {"name": "x", "schema": {"type": "object"}}
         plain.chat.completions.create(
             model=FAKE_MODEL,
             messages=hi,
             response_format={"type": "json_schema", "json_schema": schema},
         )
-        assert not sampling & set(fake.bodies[-1]) and fake.bodies[-1]["max_tokens"] == 12
+        body = fake.bodies[-1]
+        assert not penalties & set(body)
+        assert (body["temperature"], body["top_p"], body["max_tokens"]) == (0.4, 0.9, 12)
         tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
         plain.chat.completions.create(
             model=FAKE_MODEL, messages=hi, tools=[tool], tool_choice="required", temperature=0.5
         )
-        assert not (sampling - {"temperature"}) & set(fake.bodies[-1])
+        assert not penalties & set(fake.bodies[-1])
         assert fake.bodies[-1]["temperature"] == 0.5  # the request's own, as always
+        plain.chat.completions.create(
+            model=FAKE_MODEL, messages=hi, tools=[tool], tool_choice="none"
+        )
+        assert fake.bodies[-1]["repetition_penalty"] == 1.3  # no tool call: a plain answer
         plain.completions.create(model=FAKE_MODEL, prompt="Hi", max_tokens=500)
-        assert not sampling & set(fake.bodies[-1]) and fake.bodies[-1]["max_tokens"] == 20
+        assert not {*penalties, "temperature", "top_p"} & set(fake.bodies[-1])
+        assert fake.bodies[-1]["max_tokens"] == 20  # the cap
         plain.completions.create(model=FAKE_MODEL, prompt="Hi")
         assert "max_tokens" not in fake.bodies[-1]  # the model server's default (OpenAI's 16)
 

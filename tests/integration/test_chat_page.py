@@ -646,6 +646,21 @@ def test_the_make_run_question_on_archons_own_docs(
             if folder := os.environ.get("ARCHON_SCREENSHOTS"):
                 Path(folder).mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(Path(folder) / "make-run.png"))
+
+            # Small talk after it: no quote from the docs, no cards (the earlier question is
+            # in the retrieval query, but the last one is what must be about the docs).
+            answer, state = chat.ask("Say hi.")
+            assert state == "done", answer.inner_text()
+            assert not answer.get_by_test_id("answer-text").inner_text().startswith("From [")
+            assert answer.get_attribute("data-rag") == "none"
+            expect(answer.get_by_test_id("source")).to_have_count(0)
+            # A question whose answer is docs/operations.md's rollback: that quote, or none.
+            page.reload()
+            answer, state = chat.ask("How do I roll back a model update?")
+            assert state == "done", answer.inner_text()
+            first = answer.get_by_test_id("answer-text").inner_text().splitlines()[0]
+            assert not first.startswith("From [") or "docs/operations.md" in first, first
+            assert chat.unexpected_errors() == []
         finally:
             agent.stop()
     finally:

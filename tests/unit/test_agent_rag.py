@@ -15,8 +15,10 @@ from archon.agent.rag import (
     augment,
     conversation_key,
     echo_stops,
+    lead_passage,
     lead_quote,
     mark_cited,
+    relevance,
     retrieval_query,
 )
 from archon.errors import AuthenticationError, ConfigError, InvalidRequestError
@@ -244,3 +246,18 @@ def test_echo_stops_end_an_answer_that_copies_an_excerpt_header() -> None:
     many = [{**chunk(n), "source": f"s{n}"} for n in range(1, 7)]
     _, sources = augment([{"role": "user", "content": "q"}], many, 6000)
     assert len(echo_stops(sources)) == 4  # OpenAI takes four stop sequences at most
+
+
+def test_relevance_is_the_share_of_the_questions_words_the_best_passage_holds() -> None:
+    text = "A readiness probe tells the kubelet when a pod can accept traffic.\n\nSay so."
+    _, sources = augment([{"role": "user", "content": "q"}], [chunk(1, text)], 6000)
+
+    def of(question: str) -> float:
+        return relevance(question, lead_passage(question, sources))
+
+    # readiness, probe(s), pod, traffic of readiness, probes, pod, get(s), traffic, decide
+    assert of("How do readiness probes decide when a pod gets traffic?") == 4 / 6
+    assert of("Say hi.") == 0.5  # "say" is there, "hi" is not
+    assert of("What is the capital of France?") == 0.0  # no passage shares a word
+    assert of("Thanks!") == 0.0
+    assert relevance("", None) == 0.0

@@ -31,6 +31,7 @@ SAMPLING_FIELDS = (
     "presence_penalty",
     "repetition_penalty",
 )
+PENALTY_FIELDS = ("frequency_penalty", "presence_penalty", "repetition_penalty")
 _LENGTH_FIELDS = ("max_tokens", "max_completion_tokens")
 
 
@@ -165,6 +166,18 @@ def parse_generation(value: Any) -> Any:
         raise ValueError(f"{where}: {err['msg']}") from None
 
 
+def copies_from_prompt(data: dict[str, Any]) -> bool:
+    """True for a request whose answer is JSON (``response_format`` json_object or
+    json_schema) or tool calls (``tools``, unless ``tool_choice`` is "none"): values the model
+    mostly copies from the prompt."""
+    response_format = data.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type", "text") != "text":
+        return True
+    if response_format is not None and not isinstance(response_format, dict):
+        return True  # not text either; the model server's 400 says what is wrong with it
+    return bool(data.get("tools")) and data.get("tool_choice") != "none"
+
+
 def names_a_length(data: dict[str, Any]) -> bool:
     return any(data.get(f) is not None for f in _LENGTH_FIELDS)
 
@@ -175,13 +188,16 @@ def apply_generation(
     key: ApiKey | None = None,
     *,
     sampling: bool = True,
+    penalties: bool = True,
     default_length: bool = True,
 ) -> bool:
     """Fill the body's unset sampling fields and its answer length in place; True if changed.
-    The length cap applies to every request; the sampling defaults only with ``sampling`` (a
-    plain-text chat answer: JSON, tool arguments and completions copy from the prompt, which
-    the repetition penalty damages, docs/benchmarks.md "Copying"), the default length only
-    with ``default_length`` (a chat: a completion keeps the model server's default, OpenAI's 16).
+    The length cap applies to every request. The sampling defaults only with ``sampling`` (a
+    chat: a completion's client, such as an evaluation harness, sets its own), and the
+    penalties among them only with ``penalties`` (a plain-text answer: JSON and tool arguments
+    copy values from the prompt, and a repetition penalty makes the model avoid exactly those
+    tokens; docs/benchmarks.md, "Copying"). The default length only with ``default_length`` (a
+    chat: a completion keeps the model server's default, OpenAI's 16).
 
     Runs before the key's limits (archon.agent.limits.Limiter.admit) so they see the final body.
     """
@@ -189,6 +205,8 @@ def apply_generation(
     changed = False
     for name in SAMPLING_FIELDS if sampling else ():
         value = getattr(values, name)
+        if name in PENALTY_FIELDS and not penalties:
+            continue
         if value is not None and data.get(name) is None:
             data[name] = value
             changed = True

@@ -12,7 +12,7 @@ from typing import Any
 from archon.agent.admission import Priority
 from archon.agent.auth import ApiKey
 from archon.agent.exchange import Exchange
-from archon.agent.generation import apply_generation, names_a_length
+from archon.agent.generation import apply_generation, copies_from_prompt, names_a_length
 from archon.agent.limits import Limiter
 from archon.agent.metrics import AgentMetrics
 from archon.agent.rag import (
@@ -54,7 +54,6 @@ class Retrieved:
     outcome: Outcome
     messages: list[Any]  # with the excerpts, or the client's when none are used
     sources: list[dict[str, Any]]
-    query: str = ""
     lead: str | None = None
 
 
@@ -98,14 +97,20 @@ class ChatPreparer:
         include_usage = isinstance(stream_options, dict) and bool(
             stream_options.get("include_usage")
         )
-        # Only a plain-text chat answer may get words added, and only it gets the sampling
-        # defaults: JSON, tool arguments and completions are copied from the prompt, which a
-        # repetition penalty damages (docs/benchmarks.md, "Copying").
-        plain = route == "chat" and may_rewrite(data)
+        # Only a plain-text chat answer may get words added. JSON and tool arguments get no
+        # penalties: they copy from the prompt, which a repetition penalty damages
+        # (docs/benchmarks.md, "Copying"). A completion gets no sampling defaults at all.
+        chat = route == "chat"
+        plain = chat and may_rewrite(data)
         # Before the limits, so that they see the body the model server will get.
         own_length = names_a_length(data)
         changed |= apply_generation(
-            self.settings.generation, data, key, sampling=plain, default_length=route == "chat"
+            self.settings.generation,
+            data,
+            key,
+            sampling=chat,
+            penalties=not copies_from_prompt(data),
+            default_length=chat,
         )
         # The agent's own default length, if that is what the body now has (not the client's,
         # nor, after the limits below, a key's): only that one yields to quoted_max_tokens.
@@ -185,12 +190,15 @@ class ChatPreparer:
             return Retrieved("degraded", messages, [])
         self.metrics.retrieval_seconds.observe(seconds)
         augmented, sources = augment(messages, chunks, self.settings.max_context_chars, query)
-        best = lead_passage(query, sources)
-        if not sources or relevance(best) < self.settings.min_relevance:
+        # Judged by the last question alone: earlier turns help find context for a follow-up,
+        # but "Thanks!" after a question about the docs is not about the docs.
+        question = retrieval_query(messages, 0)
+        best = lead_passage(question, sources)
+        if not sources or relevance(question, best) < self.settings.min_relevance:
             # Nothing retrieved holds the question (small talk, a topic the docs lack): the
             # model answers without excerpts, which would only pull it off the question.
-            return Retrieved("none", messages, [], query)
+            return Retrieved("none", messages, [])
         lead = None
         if plain and self.settings.generation.for_model(model).lead_quote:
-            lead = lead_quote(query, sources, best)
-        return Retrieved("used", augmented, sources, query, lead)
+            lead = lead_quote(question, sources, best)
+        return Retrieved("used", augmented, sources, lead)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from archon.agent.highlights import Passage, best_passage, window
 from archon.errors import InvalidRequestError
+from archon.kb.bm25 import terms
 from archon.kb.query import Filters
 from archon.openai.messages import content_text
 from archon.service import Lifecycle
@@ -209,12 +210,23 @@ def lead_passage(query: str, sources: list[dict[str, Any]]) -> Passage | None:
     return best_passage(query, excerpts, QUOTE_CHARS)
 
 
-def relevance(passage: Passage | None) -> float:
-    """How much of the question the best passage holds: the IDF-weighted share of the
-    question's words found in it (archon.agent.highlights), 0 when there is none. A passage
-    that answers holds most of them; small talk ("Say hi.") and questions the docs do not
-    cover share a word or two at most (docs/benchmarks.md, "Relevance")."""
-    return passage.score if passage is not None else 0.0
+def relevance(question: str, passage: Passage | None) -> float:
+    """How much of the question the best passage holds: the share of the question's distinct
+    words (stop words left out, archon.kb.bm25.terms, a plural as its singular) found in it; 0
+    when there is none. Not
+    the passage scorer's IDF weights: those are relative to the retrieved passages, and a word
+    every excerpt shares, the question's topic, weighs almost nothing there. A passage that
+    answers holds most of the question's words; small talk ("Say hi.") and questions the docs
+    do not cover share a word or two at most (docs/benchmarks.md, "Relevance")."""
+    asked = _words(question)
+    if passage is None or not asked:
+        return 0.0
+    return len(asked & _words(passage.text)) / len(asked)
+
+
+def _words(text: str) -> set[str]:
+    # A plural's "s" dropped, so that "probes" asks for "probe" (the KB's terms keep it).
+    return {t[:-1] if len(t) > 3 and t.endswith("s") else t for t in terms(text)}
 
 
 def lead_quote(

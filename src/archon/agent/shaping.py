@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from archon.agent.generation import copies_from_prompt
 from archon.agent.rag import mark_cited
 
 _ECHO_START = re.compile(r"\[\d{0,3}$")  # what an echoed "[5] archon: " leaves before its stop
@@ -25,15 +26,10 @@ _ECHO_START = re.compile(r"\[\d{0,3}$")  # what an echoed "[5] archon: " leaves 
 
 def may_rewrite(data: dict[str, Any]) -> bool:
     """True for a request whose answer is plain text for a person to read, the only kind the
-    agent may add words to. Not with ``response_format`` json_object/json_schema (the content
-    must parse), ``tools`` unless ``tool_choice`` is "none" (the model server's wrapper and
-    tool calls), ``logprobs`` (they must match the text), ``n`` > 1, or ``echo``."""
-    response_format = data.get("response_format")
-    if isinstance(response_format, dict) and response_format.get("type", "text") != "text":
-        return False
-    if response_format is not None and not isinstance(response_format, dict):
-        return False  # the model server's 400 says what is wrong with it
-    if data.get("tools") and data.get("tool_choice") != "none":
+    agent may add words to. Not JSON or tool calls (archon.agent.generation.copies_from_prompt:
+    the content must parse, the calls are the model server's), nor with ``logprobs`` (they
+    must match the text), ``n`` > 1, or ``echo``."""
+    if copies_from_prompt(data):
         return False
     if data.get("logprobs") or data.get("top_logprobs") is not None:
         return False
