@@ -257,7 +257,9 @@ def test_relevance_is_the_share_of_the_questions_words_the_best_passage_holds() 
 
     # readiness, probe(s), pod, traffic of readiness, probes, pod, get(s), traffic, decide
     assert of("How do readiness probes decide when a pod gets traffic?") == 4 / 6
-    assert of("Say hi.") == 0.5  # "say" is there, "hi" is not
+    assert of("Does a readiness probe see pod traffic?") == 4 / 5
+    assert of("Readiness probe?") == 0.0  # fewer than three words: small talk
+    assert of("Do kettles steep traffic?") == 0.0  # one word held of three
     assert of("What is the capital of France?") == 0.0  # no passage shares a word
     assert of("Thanks!") == 0.0
     assert relevance("", None) == 0.0

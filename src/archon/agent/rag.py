@@ -210,18 +210,23 @@ def lead_passage(query: str, sources: list[dict[str, Any]]) -> Passage | None:
     return best_passage(query, excerpts, QUOTE_CHARS)
 
 
+MIN_ASKED = 3  # a question of fewer words (stop words left out) is small talk to the agent
+MIN_HELD = 2  # a passage holding fewer of the question's words is not about it
+
+
 def relevance(question: str, passage: Passage | None) -> float:
     """How much of the question the best passage holds: the share of the question's distinct
-    words (stop words left out, archon.kb.bm25.terms, a plural as its singular) found in it; 0
-    when there is none. Not
-    the passage scorer's IDF weights: those are relative to the retrieved passages, and a word
-    every excerpt shares, the question's topic, weighs almost nothing there. A passage that
-    answers holds most of the question's words; small talk ("Say hi.") and questions the docs
-    do not cover share a word or two at most (docs/benchmarks.md, "Relevance")."""
+    words (stop words left out, archon.kb.bm25.terms, a plural as its singular) found in it.
+    0 for a question of fewer than MIN_ASKED words ("Thanks!", "Say hi.", "Good morning!":
+    some passage of a large corpus holds both words of any greeting), for a passage holding
+    fewer than MIN_HELD of them, or none. Not the passage scorer's IDF weights: those are
+    relative to the retrieved passages, so a word every excerpt shares, the question's topic,
+    weighs almost nothing there (docs/benchmarks.md, "Relevance")."""
     asked = _words(question)
-    if passage is None or not asked:
+    if passage is None or len(asked) < MIN_ASKED:
         return 0.0
-    return len(asked & _words(passage.text)) / len(asked)
+    held = asked & _words(passage.text)
+    return len(held) / len(asked) if len(held) >= MIN_HELD else 0.0
 
 
 def _words(text: str) -> set[str]:
