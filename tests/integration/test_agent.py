@@ -200,7 +200,7 @@ def test_bad_requests_get_openai_shaped_4xx(agent: Server) -> None:
 
 def test_models_and_plain_completions_pass_through(agent: Server) -> None:
     c = client(agent)
-    assert [m.id for m in c.models.list().data] == [MODEL]
+    assert c.models.list().data[0].id == MODEL  # an embedding model may follow
     completion = c.completions.create(model=MODEL, prompt="PromQL is", max_tokens=5)
     assert completion.choices[0].text
     chunks = list(c.completions.create(model=MODEL, prompt="PromQL is", max_tokens=5, stream=True))

@@ -38,6 +38,9 @@ class Upstream:
     found_by: str | None = None  # the dns+ entry it was resolved from; None: listed
     on_release: Callable[[], None] | None = field(default=None, repr=False)
 
+    def embedding_models(self) -> set[str]:
+        return {str(c.get("id")) for c in self.model_cards if c.get("type") == "embeddings"}
+
     def serves(self, model: str | None) -> bool:
         return model is None or self.models is None or model in self.models
 
@@ -269,7 +272,15 @@ class UpstreamPool:
         return list(seen.values())
 
     def default_model(self) -> str | None:
-        names = {m for up in self.upstreams if up.healthy for m in (up.models or ())}
+        """The one chat model the healthy upstreams serve, if there is one: embedding models
+        (a card with ``"type": "embeddings"``, as archon serve marks them) cannot chat."""
+        names = {
+            m
+            for up in self.upstreams
+            if up.healthy
+            for m in (up.models or ())
+            if m not in up.embedding_models()
+        }
         return next(iter(names)) if len(names) == 1 else None
 
     def candidates(

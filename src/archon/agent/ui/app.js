@@ -106,7 +106,8 @@
       if (!res.ok) throw await errorFrom(res);
       const body = await res.json();
       const current = ui.model.value;
-      const cards = (body.data || []).filter((m) => typeof m?.id === "string");
+      // Embedding models (the model server marks them "type": "embeddings") cannot chat.
+      const cards = (body.data || []).filter((m) => typeof m?.id === "string" && m.type !== "embeddings");
       modelCards = new Map(cards.map((m) => [m.id, m]));
       ui.model.replaceChildren(...cards.map((m) => el("option", { value: m.id, text: m.id })));
       if ([...ui.model.options].some((o) => o.value === current)) ui.model.value = current;
