@@ -26,7 +26,7 @@ WRAPPER_MARKS = ('{"response"', '"tool_calls"', "From [1]")
 
 SMALL_TALK = "Say hi."
 EXTRACT = "Extract the person: Alice is 31 years old and lives in Paris, France."
-MAX_TOKENS = 48
+MAX_TOKENS = 128  # room for a chatty answer: an answer cut short is the model, not Archon
 STRUCTURED_MAX_TOKENS = 160
 
 

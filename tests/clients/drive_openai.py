@@ -17,6 +17,7 @@ from common import (
     person,
     vectors,
 )
+from pydantic import BaseModel, Field
 
 driver = Driver("openai")
 
@@ -191,6 +192,55 @@ def json_object(o: Options) -> None:
         max_tokens=STRUCTURED_MAX_TOKENS,
     )
     assert isinstance(json.loads(clean(r.choices[0].message.content)), dict)
+
+
+# A question the knowledge base of Archon's docs answers: through the agent, retrieval adds
+# excerpts (x-archon-rag: used), and the answer must still be only what was asked for.
+DOCS_QUESTION = "How do I roll back a model update? Answer in one sentence."
+
+
+class DocAnswer(BaseModel):
+    answer: str = Field(max_length=200)
+
+
+def retrieval_used(o: Options, headers) -> None:
+    if o.target == "agent":
+        rag = headers.get("x-archon-rag")
+        assert rag == "used", f"retrieval not used (x-archon-rag: {rag}): the case tests nothing"
+
+
+@driver.case("structured_parse_with_retrieval")
+def structured_with_retrieval(o: Options) -> None:
+    raw = client(o).chat.completions.with_raw_response.parse(
+        model=o.model,
+        messages=[{"role": "user", "content": DOCS_QUESTION}],
+        response_format=DocAnswer,
+        temperature=0,
+        max_tokens=STRUCTURED_MAX_TOKENS,
+    )
+    retrieval_used(o, raw.headers)
+    message = raw.parse().choices[0].message
+    clean(message.content)
+    assert isinstance(message.parsed, DocAnswer), message
+
+
+@driver.case("tools_named_with_retrieval")
+def tools_with_retrieval(o: Options) -> None:
+    raw = client(o).chat.completions.with_raw_response.create(
+        model=o.model,
+        messages=[{"role": "user", "content": DOCS_QUESTION}],
+        tools=[openai.pydantic_function_tool(DocAnswer, name="answer_user")],
+        tool_choice={"type": "function", "function": {"name": "answer_user"}},
+        temperature=0,
+        max_tokens=STRUCTURED_MAX_TOKENS,
+    )
+    retrieval_used(o, raw.headers)
+    choice = raw.parse().choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    assert choice.message.tool_calls, choice.message
+    DocAnswer.model_validate_json(choice.message.tool_calls[0].function.arguments)
+    if choice.message.content:
+        clean(choice.message.content)
 
 
 @driver.case("embeddings")

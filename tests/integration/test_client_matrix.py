@@ -79,15 +79,17 @@ class Run:
 class Matrix:
     """Runs each driver once per target, when its first case asks."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, selected: set[tuple[str, str]]) -> None:
         self.tmp = tmp
+        self.selected = selected  # (target, driver) pairs with a case in this session
         self.runs: dict[tuple[str, str], Run] = {}
 
     def result(self, target: str, base_url: str, driver: str) -> Run:
         if (target, driver) not in self.runs:
             # Every driver of this target at once, two at a time: the model server has two
             # slots, and two sequences decode in about the time of one.
-            todo = [d for d in VENV_OF if (target, d) not in self.runs]
+            todo = [d for d in VENV_OF if (target, d) in self.selected | {(target, driver)}]
+            todo = [d for d in todo if (target, d) not in self.runs]
             with ThreadPoolExecutor(PARALLEL_DRIVERS) as pool:
                 runs = pool.map(lambda d: self._run(target, base_url, d), todo)
                 self.runs.update({(target, d): run for d, run in zip(todo, runs, strict=True)})
@@ -137,8 +139,16 @@ def embedding_model(base_url: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def matrix(tmp_path_factory: pytest.TempPathFactory) -> Matrix:
-    return Matrix(tmp_path_factory.mktemp("client-matrix"))
+def matrix(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Matrix:
+    # Only the drivers with a selected case run (`-k langchain` runs one driver per target).
+    selected = {
+        (item.callspec.params["target"], item.callspec.params["driver"])
+        for item in request.session.items
+        if isinstance(item, pytest.Function)
+        and item.originalname == "test_client"
+        and hasattr(item, "callspec")
+    }
+    return Matrix(tmp_path_factory.mktemp("client-matrix"), selected)
 
 
 @pytest.fixture(scope="module")
