@@ -654,7 +654,8 @@ def test_the_make_run_question_on_archons_own_docs(
             assert not answer.get_by_test_id("answer-text").inner_text().startswith("From [")
             assert answer.get_attribute("data-rag") == "none"
             expect(answer.get_by_test_id("source")).to_have_count(0)
-            # A question whose answer is docs/operations.md's rollback: that quote, or none.
+            # The chat-page report's second question: docs/operations.md is retrieved first
+            # but no Archon doc is about it, so no quote (or, should one appear, that file's).
             page.reload()
             answer, state = chat.ask("How do I roll back a model update?")
             assert state == "done", answer.inner_text()

@@ -18,6 +18,7 @@ from archon.agent.rag import (
     lead_passage,
     lead_quote,
     mark_cited,
+    quotable,
     relevance,
     retrieval_query,
 )
@@ -263,3 +264,8 @@ def test_relevance_is_the_share_of_the_questions_words_the_best_passage_holds() 
     assert of("What is the capital of France?") == 0.0  # no passage shares a word
     assert of("Thanks!") == 0.0
     assert relevance("", None) == 0.0
+    # A quote needs more: three words held, or three in five of a short question.
+    best = lead_passage("Does a readiness probe see pod traffic?", sources)
+    assert quotable("Does a readiness probe see pod traffic?", best)
+    assert not quotable("Would a readiness dashboard update weekly?", best)  # 1 of 4
+    assert not quotable("Readiness for traffic upgrades, rollouts, canaries?", best)  # 2 of 5

@@ -25,6 +25,7 @@ from archon.agent.rag import (
     echo_stops,
     lead_passage,
     lead_quote,
+    quotable,
     relevance,
     retrieval_query,
 )
@@ -199,6 +200,10 @@ class ChatPreparer:
             # model answers without excerpts, which would only pull it off the question.
             return Retrieved("none", messages, [])
         lead = None
-        if plain and self.settings.generation.for_model(model).lead_quote:
+        if (
+            plain
+            and self.settings.generation.for_model(model).lead_quote
+            and quotable(question, best)
+        ):
             lead = lead_quote(question, sources, best)
         return Retrieved("used", augmented, sources, lead)

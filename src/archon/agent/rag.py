@@ -229,6 +229,22 @@ def relevance(question: str, passage: Passage | None) -> float:
     return len(held) / len(asked) if len(held) >= MIN_HELD else 0.0
 
 
+QUOTE_HELD = 3  # a lead quote holds this many of the question's words, or QUOTE_SHARE of them
+QUOTE_SHARE = 0.6
+
+
+def quotable(question: str, passage: Passage | None) -> bool:
+    """Whether the best passage holds enough of the question to be quoted as the answer's
+    start: QUOTE_HELD of its words, or QUOTE_SHARE of a short question's. Stricter than the
+    context's bar (min_relevance): excerpts that share two common words with the question
+    ("model", "back") cost little in the prompt, but quoted they read as the answer."""
+    asked = _words(question)
+    if passage is None or len(asked) < MIN_ASKED:
+        return False
+    held = asked & _words(passage.text)
+    return len(held) >= QUOTE_HELD or len(held) / len(asked) >= QUOTE_SHARE
+
+
 def _words(text: str) -> set[str]:
     # A plural's "s" dropped, so that "probes" asks for "probe" (the KB's terms keep it).
     return {t[:-1] if len(t) > 3 and t.endswith("s") else t for t in terms(text)}
