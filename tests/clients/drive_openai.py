@@ -231,6 +231,8 @@ def tools_with_retrieval(o: Options) -> None:
         messages=[{"role": "user", "content": DOCS_QUESTION}],
         tools=[openai.pydantic_function_tool(DocAnswer, name="answer_user")],
         tool_choice={"type": "function", "function": {"name": "answer_user"}},
+        # One call: given excerpts, the bundled model repeats the call until max_tokens.
+        parallel_tool_calls=False,
         temperature=0,
         max_tokens=STRUCTURED_MAX_TOKENS,
     )
