@@ -259,7 +259,9 @@ def test_relevance_is_the_share_of_the_questions_words_the_best_passage_holds() 
     # readiness, probe(s), pod, traffic of readiness, probes, pod, get(s), traffic, decide
     assert of("How do readiness probes decide when a pod gets traffic?") == 4 / 6
     assert of("Does a readiness probe see pod traffic?") == 4 / 5
-    assert of("Readiness probe?") == 0.0  # fewer than three words: small talk
+    assert of("Readiness probe?") == 1.0  # a short question: every word held
+    assert of("What does a readiness gate do?") == 0.0  # short, and "gate" is not held
+    assert of("Say hi.") == 0.0  # "say" alone is held: not about this passage
     assert of("Do kettles steep traffic?") == 0.0  # one word held of three
     assert of("What is the capital of France?") == 0.0  # no passage shares a word
     assert of("Thanks!") == 0.0
@@ -269,3 +271,5 @@ def test_relevance_is_the_share_of_the_questions_words_the_best_passage_holds() 
     assert quotable("Does a readiness probe see pod traffic?", best)
     assert not quotable("Would a readiness dashboard update weekly?", best)  # 1 of 4
     assert not quotable("Readiness for traffic upgrades, rollouts, canaries?", best)  # 2 of 5
+    assert quotable("Readiness probe?", best)  # short: every word held
+    assert not quotable("Say hi.", best)

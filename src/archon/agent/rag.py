@@ -210,22 +210,26 @@ def lead_passage(query: str, sources: list[dict[str, Any]]) -> Passage | None:
     return best_passage(query, excerpts, QUOTE_CHARS)
 
 
-MIN_ASKED = 3  # a question of fewer words (stop words left out) is small talk to the agent
+MIN_ASKED = 3  # a question of fewer words (stop words left out) is short: see relevance()
 MIN_HELD = 2  # a passage holding fewer of the question's words is not about it
 
 
 def relevance(question: str, passage: Passage | None) -> float:
     """How much of the question the best passage holds: the share of the question's distinct
     words (stop words left out, archon.kb.bm25.terms, a plural as its singular) found in it.
-    0 for a question of fewer than MIN_ASKED words ("Thanks!", "Say hi.", "Good morning!":
-    some passage of a large corpus holds both words of any greeting), for a passage holding
-    fewer than MIN_HELD of them, or none. Not the passage scorer's IDF weights: those are
+    0 for a passage holding fewer than MIN_HELD of them, or none. A short question (fewer than
+    MIN_ASKED words) counts only when the passage holds every one of its words: "What does
+    histogram_quantile do?" is about the passage that names it, while "Thanks!", "Say hi." or
+    "Good morning!" are not about one that holds only "say" or "good" (some passage of a large
+    corpus holds one word of any greeting). Not the passage scorer's IDF weights: those are
     relative to the retrieved passages, so a word every excerpt shares, the question's topic,
     weighs almost nothing there (docs/benchmarks.md, "Relevance")."""
-    asked = _words(question)
-    if passage is None or len(asked) < MIN_ASKED:
+    asked = _asked(question)
+    if passage is None or not asked:
         return 0.0
     held = asked & _words(passage.text)
+    if len(asked) < MIN_ASKED:
+        return 1.0 if held == asked else 0.0
     return len(held) / len(asked) if len(held) >= MIN_HELD else 0.0
 
 
@@ -235,14 +239,65 @@ QUOTE_SHARE = 0.6
 
 def quotable(question: str, passage: Passage | None) -> bool:
     """Whether the best passage holds enough of the question to be quoted as the answer's
-    start: QUOTE_HELD of its words, or QUOTE_SHARE of a short question's. Stricter than the
-    context's bar (min_relevance): excerpts that share two common words with the question
-    ("model", "back") cost little in the prompt, but quoted they read as the answer."""
-    asked = _words(question)
-    if passage is None or len(asked) < MIN_ASKED:
+    start: QUOTE_HELD of its words, or QUOTE_SHARE of a longer question's, or every word of a
+    short one. Stricter than the context's bar (min_relevance): excerpts that share two common
+    words with the question ("model", "back") cost little in the prompt, but quoted they read
+    as the answer."""
+    asked = _asked(question)
+    if passage is None or not asked:
         return False
     held = asked & _words(passage.text)
+    if len(asked) < MIN_ASKED:
+        return held == asked
     return len(held) >= QUOTE_HELD or len(held) / len(asked) >= QUOTE_SHARE
+
+
+# Words of greetings and chit-chat: they name no topic, and a large corpus holds each of them
+# somewhere ("hello world", "say", "good"), so a short greeting would find a passage that holds
+# all its words. Left out of what a question asks (not of the stop words: BM25 keeps them).
+_CHAT_WORDS = frozenset(
+    [
+        "hi",
+        "hello",
+        "hey",
+        "hiya",
+        "thank",
+        "thanks",
+        "cheer",
+        "bye",
+        "goodbye",
+        "please",
+        "ok",
+        "okay",
+        "yes",
+        "no",
+        "sure",
+        "great",
+        "cool",
+        "nice",
+        "good",
+        "morning",
+        "afternoon",
+        "evening",
+        "night",
+        "today",
+        "tell",
+        "say",
+        "joke",
+        "how",
+        "you",
+        "who",
+        "doing",
+        "fine",
+        "welcome",
+        "sorry",
+        "me",
+    ]
+)
+
+
+def _asked(question: str) -> set[str]:
+    return _words(question) - _CHAT_WORDS
 
 
 def _words(text: str) -> set[str]:
