@@ -25,6 +25,7 @@ import numpy as np
 
 from archon.errors import InvalidRequestError, ModelLoadError
 from archon.modelserver.embeddings import check_lengths, normalise
+from archon.modelserver.engines.llamacpp_native import tokenize_text
 from archon.modelserver.settings import CpuRepack, Pooling
 
 log = logging.getLogger("archon.modelserver")
@@ -178,15 +179,7 @@ class _Native:
     def tokenize(self, text: str) -> list[int]:
         """As llama-server and llama-cpp-python's ``embed`` tokenize: the model's special tokens
         added (BOS, or BERT's CLS/SEP), the text itself read as text."""
-        data = text.encode("utf-8")
-        capacity = len(data) + 8
-        buf = (self.ll.llama_token * capacity)()
-        n = self.ll.llama_tokenize(self.vocab, data, len(data), buf, capacity, True, False)
-        if n < 0:
-            capacity = -n
-            buf = (self.ll.llama_token * capacity)()
-            n = self.ll.llama_tokenize(self.vocab, data, len(data), buf, capacity, True, False)
-        return list(buf[:n])
+        return tokenize_text(self.ll, self.vocab, text, add_special=True, special=False)
 
     def embed(self, tokens: list[int]) -> np.ndarray:
         """One sequence's pooled vector (not yet normalised)."""

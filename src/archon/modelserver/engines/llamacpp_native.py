@@ -22,6 +22,21 @@ log = logging.getLogger("archon.modelserver")
 UNK_KEY = "tokenizer.ggml.unknown_token_id"  # llama.cpp's vocabulary API has no getter for it
 
 
+def tokenize_text(ll: Any, vocab: Any, text: str, *, add_special: bool, special: bool) -> list[int]:
+    """llama.cpp's tokenizer on ``text`` (``ll``: llama_cpp's low-level module); ``special``:
+    special-token text such as ``<|im_start|>`` is read as those tokens. A buffer too small
+    for the tokens is retried once at the size llama.cpp asks for."""
+    data = text.encode("utf-8")
+    capacity = len(data) + 8
+    buf = (ll.llama_token * capacity)()
+    n = ll.llama_tokenize(vocab, data, len(data), buf, capacity, add_special, special)
+    if n < 0:
+        capacity = -n
+        buf = (ll.llama_token * capacity)()
+        n = ll.llama_tokenize(vocab, data, len(data), buf, capacity, add_special, special)
+    return [int(t) for t in buf[:n]]
+
+
 @dataclass
 class NativeModel:
     ll: Any  # the llama_cpp module
@@ -48,17 +63,7 @@ class NativeModel:
         return self.template.render(messages, add_generation_prompt=add_generation_prompt)
 
     def tokenize(self, text: str, *, add_special: bool) -> list[int]:
-        data = text.encode("utf-8")
-        capacity = len(data) + 8
-        buf = (self.ll.llama_token * capacity)()
-        n = self.ll.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, True)
-        if n < 0:
-            capacity = -n
-            buf = (self.ll.llama_token * capacity)()
-            n = self.ll.llama_tokenize(
-                self.vocab, data, len(data), buf, capacity, add_special, True
-            )
-        tokens = list(buf[:n])
+        tokens = tokenize_text(self.ll, self.vocab, text, add_special=add_special, special=True)
         # Chat templates often write the BOS token themselves; do not feed it twice.
         if len(tokens) >= 2 and tokens[0] == tokens[1] == self.bos:
             tokens = tokens[1:]
