@@ -273,3 +273,16 @@ def test_relevance_is_the_share_of_the_questions_words_the_best_passage_holds() 
     assert not quotable("Readiness for traffic upgrades, rollouts, canaries?", best)  # 2 of 5
     assert quotable("Readiness probe?", best)  # short: every word held
     assert not quotable("Say hi.", best)
+
+
+def test_min_relevance_is_read_from_the_environment_and_checked(monkeypatch) -> None:
+    from archon.agent.settings import load_agent_settings
+
+    assert load_agent_settings().min_relevance == 0.25
+    monkeypatch.setenv("ARCHON_AGENT_MIN_RELEVANCE", "0")  # 0: whatever was retrieved is used
+    assert load_agent_settings().min_relevance == 0.0
+    monkeypatch.setenv("ARCHON_AGENT_MIN_RELEVANCE", "1.5")
+    with pytest.raises(ConfigError) as err:
+        load_agent_settings()
+    assert "min_relevance (ARCHON_AGENT_MIN_RELEVANCE)" in str(err.value)
+    assert "\n" not in str(err.value)

@@ -46,7 +46,8 @@ class AgentSettings(BaseSettings):
         ge=0.0,
         le=1.0,
         description="The share of the question's words the best retrieved passage must hold "
-        "(at least two of them, of a question of three or more; archon.agent.rag.relevance) "
+        "(at least two of a question of three or more, all of a shorter one; greeting words "
+        "do not count; archon.agent.rag.relevance) "
         "for the retrieved context to be used: below it the model answers without excerpts, "
         "nothing is quoted, sources is empty, x-archon-rag is none. Chosen on the judged "
         "sets (docs/benchmarks.md, Relevance). 0: use whatever was retrieved.",
