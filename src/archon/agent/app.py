@@ -21,6 +21,7 @@ from archon.agent.admission import make_admission
 from archon.agent.auth import ApiKey, KeyRing
 from archon.agent.gateway import Gateway
 from archon.agent.limits import Limiter
+from archon.agent.limits.report import describe_groups
 from archon.agent.metrics import AgentMetrics
 from archon.agent.rag import KnowledgeBaseClient
 from archon.agent.routing import Router
@@ -59,6 +60,7 @@ def create_app(settings: AgentSettings) -> FastAPI:
             settings.kb_timeout,
             http=http,
             retry_after=settings.health_interval,
+            token=settings.kb_service_token(),
         )
         if settings.kb_url
         else None
@@ -215,10 +217,12 @@ def create_app(settings: AgentSettings) -> FastAPI:
             visible = keys.metered
         else:
             visible = (key,) if key.metered else ()
+        data = await limiter.report(visible) if limiter is not None else []
         return {
             "object": "list",
             "backend": limiter.backend.kind if limiter is not None else None,
-            "data": await limiter.report(visible) if limiter is not None else [],
+            "data": data,
+            "groups": describe_groups(data),  # per group, over the keys listed in data
         }
 
     if (UI_DIR / "index.html").is_file():

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from archon.errors import AuthenticationError, ConfigError
 
@@ -75,6 +82,9 @@ class ApiKey:
     max_tokens: int | None = None  # the cap a request may ask for
     default_max_tokens: int | None = None  # applied when a request names none
     limits: Limits = field(default_factory=Limits)
+    # The groups whose knowledge-base sources it may read (archon.kb.access); a key of no
+    # group, and every plain-format key, reads only the sources that name no group.
+    groups: tuple[str, ...] = ()
 
     def may_use(self, model: str | None) -> bool:
         if self.models is None:
@@ -100,6 +110,18 @@ class KeySpec(BaseModel):
     max_concurrent: int | None = Field(None, ge=1)
     daily_token_budget: int | None = Field(None, ge=1)
     monthly_token_budget: int | None = Field(None, ge=1)
+    groups: list[str] = Field(
+        default_factory=list,
+        description="Groups whose knowledge-base sources the key may read (sources file).",
+    )
+
+    @field_validator("groups")
+    @classmethod
+    def _group_names(cls, value: list[str]) -> list[str]:
+        for group in value:
+            if not _NAME.match(group):
+                raise ValueError(f"group {group!r}: letters, digits, '_', '.', '-' (at most 64)")
+        return list(dict.fromkeys(value))
 
     @model_validator(mode="after")
     def _defaults_within_cap(self) -> KeySpec:
@@ -134,6 +156,7 @@ class KeySpec(BaseModel):
                 self.daily_token_budget,
                 self.monthly_token_budget,
             ),
+            groups=tuple(self.groups),
         )
 
 

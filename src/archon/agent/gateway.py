@@ -21,6 +21,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from archon.agent import audit
 from archon.agent.admission import HEADER as PRIORITY_HEADER
 from archon.agent.admission import Admission, Priority, priority_of
 from archon.agent.auth import ApiKey
@@ -119,7 +120,15 @@ class Gateway:
                 prepared = await self.preparer.prepare_embeddings(raw, exchange, key, priority)
             else:
                 prepared = await self.preparer.prepare(raw, exchange, key, priority)
-            return await self._send(request, PATHS[exchange.route], prepared, exchange)
+            response = await self._send(request, PATHS[exchange.route], prepared, exchange)
+            audit.answered(
+                exchange.route,
+                key,
+                response.status_code,
+                prepared.outcome,
+                prepared.shaping.sources if prepared.shaping.active else [],
+            )
+            return response
         except ArchonError as exc:
             exchange.fail(exc.status_code)
             if exchange.grant is not None:

@@ -141,6 +141,19 @@ class AgentMetrics:
             ["key", "model", "kind"],
             registry=r,
         )
+        # Per group of the key (the keys file's groups; a key of two groups counts in both).
+        self.group_requests = Counter(
+            "archon_agent_group_requests",
+            "Requests of keys named in the keys file, by the key's group, model and HTTP status.",
+            ["group", "model", "code"],
+            registry=r,
+        )
+        self.group_tokens = Counter(
+            "archon_agent_group_tokens",
+            "Tokens of keys named in the keys file, by the key's group, model and kind.",
+            ["group", "model", "kind"],
+            registry=r,
+        )
         self.rate_limited = Counter(
             "archon_agent_rate_limited",
             "Requests refused with 429, by key and limit (requests, tokens, concurrency, budget).",

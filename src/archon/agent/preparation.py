@@ -123,7 +123,7 @@ class ChatPreparer:
         outcome: Outcome = "off"
         shaping = NOTHING
         if route == "chat" and options.rag and self.kb is not None:
-            found = await self._retrieve(self.kb, options, messages, plain, model)
+            found = await self._retrieve(self.kb, options, messages, plain, model, key)
             outcome = found.outcome
             if found.messages is not messages:
                 data["messages"], changed = found.messages, True
@@ -179,13 +179,19 @@ class ChatPreparer:
         messages: list[Any],
         plain: bool,
         model: Any,
+        key: ApiKey | None = None,
     ) -> Retrieved:
         query = retrieval_query(messages, self.settings.history_turns)
         if not query:
             return Retrieved("none", messages, [])
         try:
+            # Always the key's groups, none without a key: the knowledge base then searches
+            # only the sources they may read (archon.kb.access), whatever the filters ask.
             chunks, seconds = await kb.query(
-                query, options.top_k or self.settings.top_k, options.filters
+                query,
+                options.top_k or self.settings.top_k,
+                options.filters,
+                list(key.groups) if key is not None else [],
             )
         except RetrievalError:
             return Retrieved("degraded", messages, [])

@@ -20,6 +20,7 @@ from archon.agent.highlights import Passage, best_passage, window
 from archon.errors import InvalidRequestError
 from archon.kb.bm25 import terms
 from archon.kb.query import Filters
+from archon.markdown_blocks import heading_or_fence_lines
 from archon.openai.messages import content_text
 from archon.service import Lifecycle
 
@@ -54,8 +55,6 @@ EXCERPT_LINE = "_excerpt_line"  # the file line it starts on; likewise
 MIN_EXCERPT = 200  # characters: a shorter piece of a chunk helps less than it confuses
 QUOTE_CHARS = 400  # the lead quote's length at most (tuning half: 300 -> 400, facts 39% -> 48%)
 SNIPPET_CHARS = 200  # the sources' "snippet": what a client shows of each chunk
-_HEADING_LINE = re.compile(r" {0,3}#{1,6}(\s|$)")
-_FENCE_LINE = re.compile(r"\s*(```|~~~)")
 
 
 class ArchonOptions(BaseModel):
@@ -144,9 +143,8 @@ def snippet(text: Any, limit: int = SNIPPET_CHARS) -> str:
     Heading lines are left out (the heading trail shows them), and code fences (a flat
     snippet cannot show a code block; its lines stay)."""
     lines = str(text or "").splitlines()
-    prose = [
-        line for line in lines if not _HEADING_LINE.match(line) and not _FENCE_LINE.match(line)
-    ]
+    syntax = heading_or_fence_lines(str(text or ""))  # CommonMark's reading (markdown-it-py)
+    prose = [line for n, line in enumerate(lines) if n not in syntax]
     flat = " ".join(" ".join(prose or lines).split())
     if len(flat) <= limit:
         return flat
@@ -365,20 +363,29 @@ class KnowledgeBaseClient:
     up: bool | None = None  # last seen state, for /ready
     error: str | None = None
     failed_at: float = 0.0
+    token: str | None = None  # the knowledge base's service token (archon.kb.access)
 
     async def query(
-        self, text: str, top_k: int, filters: Filters | None
+        self, text: str, top_k: int, filters: Filters | None, groups: list[str] | None = None
     ) -> tuple[list[dict[str, Any]], float]:
+        """The chunks for ``text``, searched only among the sources ``groups`` may read (the
+        knowledge base filters inside its search; None: every source)."""
         if self.up is False and time.monotonic() - self.failed_at < self.retry_after:
             # A knowledge base that just failed would make every question wait for kb_timeout.
             raise RetrievalError(self.error)
         body: dict[str, Any] = {"query": text[:4000], "top_k": top_k}
         if filters is not None:
             body["filters"] = filters.model_dump(exclude_none=True)
+        if groups is not None:
+            body["groups"] = groups
+        headers = {"authorization": f"Bearer {self.token}"} if self.token else None
         began = time.perf_counter()
         try:
             async with self._session().post(
-                self.url + "/query", json=body, timeout=aiohttp.ClientTimeout(total=self.timeout)
+                self.url + "/query",
+                json=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
             ) as resp:
                 if resp.status != 200:
                     detail = (await resp.text())[:300].strip()

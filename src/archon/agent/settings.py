@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from archon.agent.discovery import DnsTarget
 from archon.agent.generation import GenerationSettings, parse_generation
+from archon.errors import ConfigError
 from archon.settings import load_settings, split_list
 
 
@@ -29,6 +30,14 @@ class AgentSettings(BaseSettings):
     )
     kb_timeout: float = Field(
         2.0, gt=0, le=60, description="Seconds to wait for the knowledge base before degrading."
+    )
+    kb_token: SecretStr | None = Field(
+        None,
+        description="The knowledge base's service token (its service_token), sent with every "
+        "query; with the key's groups, so the knowledge base searches only what the key reads.",
+    )
+    kb_token_file: Path | None = Field(
+        None, description="A file holding kb_token (a mounted Secret); read at start."
     )
     top_k: int = Field(4, ge=1, le=50, description="Chunks retrieved per question.")
     max_context_chars: int = Field(
@@ -157,6 +166,24 @@ class AgentSettings(BaseSettings):
             return None
         if not re.match(r"^(redis|rediss|unix)://", value.get_secret_value()):
             raise ValueError("expected a redis://, rediss:// or unix:// URL")
+        return value
+
+    def kb_service_token(self) -> str | None:
+        """kb_token, or the content of kb_token_file; None: send none."""
+        if self.kb_token is not None and self.kb_token.get_secret_value().strip():
+            return self.kb_token.get_secret_value().strip()
+        if self.kb_token_file is None:
+            return None
+        try:
+            value = self.kb_token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"kb_token_file {self.kb_token_file} (ARCHON_AGENT_KB_TOKEN_FILE): {exc.strerror}"
+            ) from None
+        if not value:
+            raise ConfigError(
+                f"kb_token_file {self.kb_token_file} (ARCHON_AGENT_KB_TOKEN_FILE) is empty"
+            )
         return value
 
 

@@ -38,7 +38,12 @@ def kb_sync(
     if server:
         import httpx
 
-        response = httpx.post(f"{server.rstrip('/')}/sync", timeout=30)
+        from archon.kb.settings import load_kb_settings
+
+        # The service token (ARCHON_KB_SERVICE_TOKEN or _FILE), as the service wants it.
+        token = load_kb_settings().token()
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        response = httpx.post(f"{server.rstrip('/')}/sync", headers=headers, timeout=30)
         typer.echo(response.text)
         raise typer.Exit(0 if response.status_code in (202, 409) else 1)
     from archon.kb.service import KnowledgeBase

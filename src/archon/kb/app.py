@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 
 from archon.errors import ConfigError, SyncInProgressError
 from archon.http import parse_json_body
+from archon.kb.access import GROUPS_HEADER, check_token, parse_groups_header
 from archon.kb.metrics import KbMetrics
 from archon.kb.query import QueryRequest
 from archon.kb.service import KnowledgeBase
@@ -33,6 +34,7 @@ def create_app(
     settings: KnowledgeBaseSettings,
     factory: Callable[[KnowledgeBaseSettings], KnowledgeBase] = KnowledgeBase,
 ) -> FastAPI:
+    token = settings.token()  # read before serving: a missing Secret file stops the start
     state: Lifecycle[KnowledgeBase] = Lifecycle()
     registry = new_registry()
     metrics = KbMetrics(registry, lambda: state.value)
@@ -114,8 +116,13 @@ def create_app(
     def require() -> KnowledgeBase:
         return state.require("the knowledge base is still loading", "kb_loading")
 
+    def authorized(request: Request) -> None:
+        """The data endpoints answer only the service token's holder, when one is set."""
+        check_token(token, request.headers.get("authorization"))
+
     @app.post("/query")
     async def query(request: Request) -> JSONResponse:
+        authorized(request)
         body = await parse_json_body(request, QueryRequest)
         kb = require()
         source = body.filters.source
@@ -130,6 +137,7 @@ def create_app(
             score_threshold=body.score_threshold,
             fusion=body.fusion,
             dense_weight=body.dense_weight,
+            groups=body.groups,
         )
         elapsed = time.perf_counter() - began
         metrics.query_seconds.labels(body.mode).observe(elapsed)
@@ -143,11 +151,14 @@ def create_app(
         return JSONResponse(result)
 
     @app.get("/sources")
-    async def sources() -> dict[str, Any]:
-        return {"sources": require().sources_summary()}
+    async def sources(request: Request) -> dict[str, Any]:
+        authorized(request)
+        groups = parse_groups_header(request.headers.get(GROUPS_HEADER))
+        return {"sources": require().sources_summary(groups)}
 
     @app.post("/sync")
-    async def sync() -> JSONResponse:
+    async def sync(request: Request) -> JSONResponse:
+        authorized(request)
         kb = require()
         if kb.syncing:
             raise SyncInProgressError("a sync is already running", code="sync_in_progress")
@@ -155,7 +166,8 @@ def create_app(
         return JSONResponse({"status": "started"}, status_code=202)
 
     @app.get("/sync")
-    async def sync_status() -> dict[str, Any]:
+    async def sync_status(request: Request) -> dict[str, Any]:
+        authorized(request)
         kb = require()
         return {"running": kb.syncing, "last": kb.report_dict()}
 

@@ -54,6 +54,7 @@ class Searcher(Protocol):
         sources: list[str] | None = None,
         path_prefix: str | None = None,
         fusion: FusionParams = FusionParams(),
+        readable: list[str] | None = None,  # the caller's sources (archon.kb.access)
     ) -> list[Hit]: ...
 
 

@@ -60,28 +60,62 @@ class MemoryIndex:
         n = len(ids)
         self.idf = np.log((n - document_frequency + 0.5) / (document_frequency + 0.5) + 1.0)
         self.sources = np.array([p.get("source", "") for p in payloads])
+        # Sources as small integers: a caller's readable set becomes a row mask in microseconds
+        # (archon.kb.access), kept per set until the next sync rebuilds the index.
+        names, codes = np.unique(self.sources, return_inverse=True)
+        self._source_code = {str(name): code for code, name in enumerate(names)}
+        self._source_codes = codes.reshape(-1)
+        self._readable_masks: dict[tuple[str, ...], np.ndarray] = {}
         self.documents = [(p.get("source"), p.get("path")) for p in payloads]
         self.prefixes = [set(p.get("prefixes", [])) for p in payloads]
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def _mask(self, sources: list[str] | None, path_prefix: str | None) -> np.ndarray | None:
-        mask = None
+    def _readable(self, readable: list[str] | None) -> np.ndarray | None:
+        """The rows a caller may read (None: all); see archon.kb.access."""
+        if readable is None:
+            return None
+        wanted = tuple(sorted(set(readable)))
+        mask = self._readable_masks.get(wanted)
+        if mask is None:
+            codes = [self._source_code[name] for name in wanted if name in self._source_code]
+            mask = np.isin(self._source_codes, codes)
+            if len(self._readable_masks) >= 256:
+                self._readable_masks.clear()
+            self._readable_masks[wanted] = mask
+        return mask
+
+    def _mask(
+        self,
+        sources: list[str] | None,
+        path_prefix: str | None,
+        readable: np.ndarray | None = None,
+    ) -> np.ndarray | None:
+        mask = readable
         if sources:
-            mask = np.isin(self.sources, sources)
+            by_source = np.isin(self.sources, sources)
+            mask = by_source if mask is None else mask & by_source
         if path_prefix:
             wanted = path_prefix.rstrip("/")
             by_prefix = np.fromiter((wanted in p for p in self.prefixes), bool, len(self.ids))
             mask = by_prefix if mask is None else mask & by_prefix
         return mask
 
-    def _bm25_scores(self, text: str) -> np.ndarray | None:
+    def _bm25_scores(self, text: str, readable: np.ndarray | None = None) -> np.ndarray | None:
         indices, _ = bm25.query_vector(text)
         cols = [self.columns[i] for i in indices if i in self.columns]
         if not cols:
             return None
-        return np.asarray(self.terms[:, cols] @ self.idf[cols]).ravel()
+        idf = self.idf[cols]
+        if readable is not None:
+            # IDF over the chunks the caller may read, as if the store held only those: the
+            # others count in no score, not even through their term frequencies.
+            n = int(readable.sum())
+            rows, starts = self.terms.indices, self.terms.indptr
+            df = np.array([readable[rows[starts[c] : starts[c + 1]]].sum() for c in cols], float)
+            idf = np.log((n - df + 0.5) / (df + 0.5) + 1.0)
+        return np.asarray(self.terms[:, cols] @ idf).ravel()
 
     @staticmethod
     def _top(scores: np.ndarray, mask: np.ndarray | None, k: int) -> np.ndarray:
@@ -102,16 +136,18 @@ class MemoryIndex:
         sources: list[str] | None = None,
         path_prefix: str | None = None,
         fusion: FusionParams = FusionParams(),
+        readable: list[str] | None = None,
     ) -> list[Hit]:
-        if not self.ids:
+        if not self.ids or (readable is not None and not readable):
             return []
-        mask = self._mask(sources, path_prefix)
+        allowed = self._readable(readable)
+        mask = self._mask(sources, path_prefix, allowed)
         if mode == "dense":
             assert dense is not None, "the dense and hybrid modes need the query's vector"
             scores = self.dense @ dense
             top = self._top(scores, mask, top_k)
             return [Hit(self.ids[i], float(scores[i]), self.payloads[i]) for i in top]
-        lexical = self._bm25_scores(text)
+        lexical = self._bm25_scores(text, allowed)
         if mode == "bm25":
             if lexical is None:
                 return []

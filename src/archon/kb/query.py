@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,3 +23,8 @@ class QueryRequest(BaseModel):
     fusion: Literal["rrf", "weighted"] = "rrf"
     dense_weight: float | None = Field(None, ge=0.0, le=1.0)  # None: the dense_weight setting
     score_threshold: float | None = None
+    # The caller's groups (archon.kb.access): only sources readable by one of them are searched.
+    # None: the service's own query, every source. The agent always sends its key's.
+    groups: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]] | None = (
+        Field(None, max_length=256)
+    )

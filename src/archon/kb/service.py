@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from archon.errors import SyncInProgressError
+from archon.kb.access import AccessPolicy
 from archon.kb.embeddings import (
     Embedder,
     SentenceTransformerEmbedder,
@@ -78,6 +79,7 @@ class KnowledgeBase:
             if settings.rerank_url
             else None
         )
+        self.access = AccessPolicy(settings.sources)
         self._sync_lock = threading.Lock()
         self._index_lock = threading.Lock()
         self._index: MemoryIndex | None = None
@@ -118,7 +120,14 @@ class KnowledgeBase:
         score_threshold: float | None = None,
         fusion: Fusion = "rrf",
         dense_weight: float | None = None,
+        groups: list[str] | None = None,
     ) -> list[dict[str, Any]]:
+        """The best chunks for ``text``; with ``groups`` (the caller's, archon.kb.access) only
+        among the sources they may read: the search filters, so no other chunk is a
+        candidate. ``sources`` and ``path_prefix`` narrow further."""
+        readable = self.access.readable(groups)
+        if readable is not None and not readable:
+            return []
         dense = self.embedder.embed_query(text) if mode != "bm25" else None
         searcher: Searcher = self.store if self.settings.qdrant else self.index()
         candidates = max(top_k, self.settings.rerank_candidates) if self.reranker else top_k
@@ -130,6 +139,7 @@ class KnowledgeBase:
             sources=sources,
             path_prefix=path_prefix,
             fusion=self.fusion(fusion, dense_weight),
+            readable=readable,
         )
         if self.reranker is not None and len(hits) > 1:
             scores = self.reranker.scores(text, [_rerank_text(h.payload) for h in hits])
@@ -185,8 +195,11 @@ class KnowledgeBase:
                     self._index = MemoryIndex(self.store)
         return self._index
 
-    def sources_summary(self) -> list[dict[str, Any]]:
-        return self.state.sources()
+    def sources_summary(self, groups: list[str] | None = None) -> list[dict[str, Any]]:
+        """The synced sources, those ``groups`` may read when given (archon.kb.access)."""
+        readable = self.access.readable(groups)
+        rows = self.state.sources()
+        return rows if readable is None else [r for r in rows if r.get("name") in readable]
 
     def report_dict(self) -> dict[str, Any] | None:
         return asdict(self.last_report) if self.last_report else None

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from archon.errors import ConfigError
 from archon.settings import load_settings
 
 # How the local embedding model runs (archon.kb.embeddings.resolve_backend picks for "auto").
@@ -95,6 +96,35 @@ class KnowledgeBaseSettings(BaseSettings):
         description="Share of a file's other candidates' scores added to each of its chunks.",
     )
     max_request_bytes: int = Field(64 * 1024, ge=1024)
+    service_token: SecretStr | None = Field(
+        None,
+        description="When set, /query, /sources and /sync answer only requests with "
+        "'Authorization: Bearer <token>' (the agent's kb_token); others get 401. /health, "
+        "/ready and /metrics stay open.",
+    )
+    service_token_file: Path | None = Field(
+        None, description="A file holding service_token (a mounted Secret); read at start."
+    )
+
+    def token(self) -> str | None:
+        """The service token, from service_token or service_token_file; None: open."""
+        if self.service_token is not None and self.service_token.get_secret_value().strip():
+            return self.service_token.get_secret_value().strip()
+        if self.service_token_file is not None:
+            try:
+                value = self.service_token_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"service_token_file {self.service_token_file} "
+                    f"(ARCHON_KB_SERVICE_TOKEN_FILE): {exc.strerror}"
+                ) from None
+            if not value:
+                raise ConfigError(
+                    f"service_token_file {self.service_token_file} "
+                    "(ARCHON_KB_SERVICE_TOKEN_FILE) is empty"
+                )
+            return value
+        return None
 
     @property
     def store_location(self) -> str:

@@ -15,6 +15,8 @@ from archon.errors import ConfigError
 
 DEFAULT_INCLUDE = [".kiro/docs/**/*.md", "docs/**/*.md", "README.md"]
 _GIT_URL = re.compile(r"^(https://|ssh://|git@[\w.-]+:)")
+# Group names travel in headers, labels and log lines: keep them plain (the key names' rule).
+GROUP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class Source(BaseModel):
@@ -29,6 +31,17 @@ class Source(BaseModel):
     url_template: str | None = Field(
         None, description="Browsable URL of a file: {path}, {commit}, {branch}, {line}."
     )
+    # Who may read the source's chunks (archon.kb.access): keys of any of these groups; none =
+    # every key. Read at query time from this file, so changing it needs no re-index.
+    groups: list[str] = Field(default_factory=list)
+
+    @field_validator("groups")
+    @classmethod
+    def _group_names(cls, value: list[str]) -> list[str]:
+        for group in value:
+            if not GROUP_NAME.match(group):
+                raise ValueError(f"group {group!r}: letters, digits, '_', '.', '-' (at most 64)")
+        return value
 
     @field_validator("git")
     @classmethod

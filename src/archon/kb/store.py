@@ -141,8 +141,15 @@ class ChunkStore:
         sources: list[str] | None = None,
         path_prefix: str | None = None,
         fusion: FusionParams = FusionParams(),
+        readable: list[str] | None = None,
     ) -> list[Hit]:
         must = []
+        if readable is not None:
+            # The caller's readable sources (archon.kb.access), in the payload filter of both
+            # searches. Qdrant's IDF stays collection-wide (docs/knowledge-base.md, Access).
+            if not readable:
+                return []
+            must.append(models.FieldCondition(key="source", match=models.MatchAny(any=readable)))
         if sources:
             must.append(models.FieldCondition(key="source", match=models.MatchAny(any=sources)))
         if path_prefix:

@@ -164,7 +164,7 @@ class Limiter:
         try:
             changed, strip = self.shape(key, data, stream, generates)
         except (ModelNotAllowedError, InvalidRequestError) as exc:
-            self.metrics.key_requests.labels(key.name, label, str(exc.status_code)).inc()
+            self._count(key, label, str(exc.status_code))
             raise
         lease = f"{self._instance}:{next(self._sequence)}"
         if not key.limits.any:
@@ -182,7 +182,7 @@ class Limiter:
         headers = self._headers(key, admission, windows)
         if admission.refused is not None:
             self.metrics.rate_limited.labels(key.name, _LIMIT_KIND[admission.refused]).inc()
-            self.metrics.key_requests.labels(key.name, label, "429").inc()
+            self._count(key, label, "429")
             raise self._refusal(key, admission, windows, headers)
         held = lease if key.limits.max_concurrent is not None else None
         return Grant(self, key, label, held, headers, size, strip, changed)
@@ -191,7 +191,7 @@ class Limiter:
         self, key: ApiKey, label: str, size: int, strip: bool, changed: bool
     ) -> Grant:
         if self.fail_closed:
-            self.metrics.key_requests.labels(key.name, label, "503").inc()
+            self._count(key, label, "503")
             raise ServiceUnavailableError(
                 "The agent cannot check this key's limits now (its limits store is "
                 "unreachable) and is set to refuse meanwhile (limits_fail_closed)",
@@ -200,13 +200,20 @@ class Limiter:
             )
         return Grant(self, key, label, None, {}, size, strip, changed)
 
+    def _count(self, key: ApiKey, model: str, code: str) -> None:
+        """One request of ``key``, under its name and each of its groups."""
+        self.metrics.key_requests.labels(key.name, model, code).inc()
+        for group in key.groups:
+            self.metrics.group_requests.labels(group, model, code).inc()
+
     def settle(self, grant: Grant, status: int, prompt: int, completion: int) -> None:
         key = grant.key
-        self.metrics.key_requests.labels(key.name, grant.model, str(status)).inc()
-        if prompt:
-            self.metrics.tokens.labels(key.name, grant.model, "prompt").inc(prompt)
-        if completion:
-            self.metrics.tokens.labels(key.name, grant.model, "completion").inc(completion)
+        self._count(key, grant.model, str(status))
+        for kind, tokens in (("prompt", prompt), ("completion", completion)):
+            if tokens:
+                self.metrics.tokens.labels(key.name, grant.model, kind).inc(tokens)
+                for group in key.groups:
+                    self.metrics.group_tokens.labels(group, grant.model, kind).inc(tokens)
         self.backend.settle(key, grant.lease, grant.model, prompt, completion, self.clock())
 
     @staticmethod

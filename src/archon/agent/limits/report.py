@@ -60,8 +60,34 @@ def describe_key(key: ApiKey, state: KeyState, w: Windows) -> dict[str, Any]:
         "models": list(key.models) if key.models is not None else None,
         "max_tokens": key.max_tokens,
         "default_max_tokens": key.default_max_tokens,
+        "groups": list(key.groups),
         "limits": lim.describe(),
         "rate": rate,
         "today": _period(state.today, lim.daily_token_budget, w.day, w.day_reset),
         "month": _period(state.month, lim.monthly_token_budget, w.month, w.month_reset),
     }
+
+
+_TOTALS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens")
+
+
+def describe_groups(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Usage per group, summed over the keys of ``entries`` (``describe_key``'s): a key of two
+    groups counts in both. Only the keys the caller may see are summed."""
+    groups: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        for group in entry.get("groups") or []:
+            out = groups.setdefault(
+                group,
+                {
+                    "group": group,
+                    "keys": [],
+                    "today": dict.fromkeys(_TOTALS, 0),
+                    "month": dict.fromkeys(_TOTALS, 0),
+                },
+            )
+            out["keys"].append(entry["key"])
+            for period in ("today", "month"):
+                for name in _TOTALS:
+                    out[period][name] += entry[period][name]
+    return [groups[name] for name in sorted(groups)]
