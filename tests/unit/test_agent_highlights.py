@@ -40,17 +40,30 @@ def test_blocks_join_wrapped_lines_and_keep_commands_with_their_lead_in() -> Non
     assert texts[1] == (
         "Index every source once:\n```bash\narchon kb sync --sources sources.yaml\n```"
     )
-    assert texts[2:5] == [
+    # A table row per block; the delimiter row is syntax, not content.
+    assert texts[2:4] == [
         "| setting | default | what |",
-        "|---|---|---|",
         "| `sync_interval` | `300` | seconds between syncs |",
     ]
-    assert texts[5] == "- `POST /sync` asks a running service to sync now."
+    assert texts[4] == "- `POST /sync` asks a running service to sync now."
     assert not any(t.startswith("#") for t in texts)  # the heading trail has the headings
     lines = DOC.splitlines()
     assert (found[1].first_line, found[1].last_line) == (5, 9)
     assert lines[found[1].first_line] == "Index every source once:"
     assert lines[found[1].last_line] == "```"
+
+
+def test_blocks_read_setext_headings_indented_code_and_lazy_lines_as_commonmark() -> None:
+    text = (
+        "Sync options\n============\n\nRun it:\n\n    archon kb sync\n\n"
+        "- a list item\nlazily continued\n- another\n"
+    )
+    found = blocks(text)
+    assert [b.text for b in found] == [
+        "Run it:\n    archon kb sync",  # the setext heading is left out like an ATX one
+        "- a list item lazily continued",
+        "- another",
+    ]
 
 
 def test_a_chunk_cut_inside_a_code_block_keeps_its_lines() -> None:

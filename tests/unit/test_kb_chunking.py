@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from archon.kb.chunking import FENCE, chunk_markdown, split_blocks
+from archon.kb.chunking import chunk_markdown, split_blocks
+from archon.markdown_blocks import ATOMIC
 
 CORPORA = Path(__file__).resolve().parents[2].parent / "shared" / "corpora"
 pytestmark = pytest.mark.skipif(not CORPORA.is_dir(), reason="../shared/corpora is missing")
@@ -22,9 +23,7 @@ def test_chunking_the_real_corpora(corpus: str) -> None:
         text = path.read_text(errors="replace")
         chunks = chunk_markdown(text)
         total += len(chunks)
-        fences = [
-            (b.start_line, b.end_line) for b in split_blocks(text) if FENCE.match(b.text.lstrip())
-        ]
+        fences = [(b.start_line, b.end_line) for b in split_blocks(text) if b.kind in ATOMIC]
         for chunk in chunks:
             # A chunk boundary never falls inside a code fence.
             for start, end in fences:
@@ -44,3 +43,51 @@ def test_heading_paths_nest() -> None:
     paths = [" > ".join(c.heading_path) for c in chunks]
     assert "Querying basics > Time series selectors > Range Vector Selectors" in paths
     assert all(p.startswith("Querying basics") for p in paths)
+
+
+# CommonMark's reading, which the line scanner before markdown-it-py got wrong.
+COMMONMARK = """Setext title
+============
+
+Intro paragraph.
+
+Install
+-------
+
+    pip install archon
+    # an indented code block: not a heading
+
+<details>
+<summary>More</summary>
+
+# not a heading inside an HTML block? It is: a blank line ends the HTML block.
+</details>
+
+| flag | default |
+|------|---------|
+| `--x` | 1 |
+"""
+
+
+def test_setext_headings_indented_code_html_and_tables_read_as_commonmark() -> None:
+    blocks = split_blocks(COMMONMARK)
+    kinds = [(b.kind, b.start_line) for b in blocks]
+    assert kinds[:4] == [("heading", 1), ("paragraph", 4), ("heading", 6), ("code", 9)]
+    assert [b.title for b in blocks if b.heading_level] == [
+        "Setext title",
+        "Install",
+        "not a heading inside an HTML block? It is: a blank line ends the HTML block.",
+    ]
+    assert blocks[0].heading_level == 1 and blocks[2].heading_level == 2
+    assert [b.kind for b in blocks[4:]] == ["html", "heading", "html", "table"]
+    chunks = chunk_markdown(COMMONMARK, min_tokens=0)
+    assert chunks[1].heading_path == ["Setext title", "Install"]
+    assert "# an indented code block" in chunks[1].text  # its comment line is code, not a trail
+
+
+def test_front_matter_is_metadata_not_a_setext_heading() -> None:
+    text = "---\ntitle: Sync options\nweight: 3\n---\n\nBody text.\n"
+    (block,) = split_blocks(text)
+    assert (block.kind, block.start_line, block.text) == ("paragraph", 6, "Body text.")
+    (chunk,) = chunk_markdown(text)
+    assert chunk.heading_path == ["Sync options"]

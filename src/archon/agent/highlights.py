@@ -1,7 +1,8 @@
 """The passages of the retrieved chunks that best match a question.
 
-A chunk is cut into Markdown blocks (a paragraph with its wrapped lines joined, a list item, a
-table row, a fenced code block, glued to the line before it when that line ends in ``:``); a
+A chunk is cut into Markdown blocks as CommonMark reads them (a paragraph with its wrapped lines
+joined, a list item, a table row, a code block, glued to the line before it when that line ends
+in ``:``); a
 passage is up to three blocks in a row. Passages are scored by how much of the question's
 vocabulary they hold, each term weighted by its IDF among the candidate passages, so a rare
 word of the question ("sync", "SIGHUP") counts more than one every passage shares; for a "how
@@ -21,6 +22,7 @@ import re
 from dataclasses import dataclass
 
 from archon.kb.bm25 import terms
+from archon.markdown_blocks import leaf_blocks
 
 MAX_BLOCKS = 3  # a passage: this many blocks in a row at most
 PART_WEIGHT = 0.5  # a question word found only as part of a path or a name counts this much
@@ -29,10 +31,7 @@ _HOW = re.compile(r"\s*(?:how\b|what (?:command|flag)|which (?:command|flag))", 
 # A command: a fenced code block, or a code span with an argument (`archon kb sync`, not a
 # metric name like `archon_kb_documents`).
 _COMMAND = re.compile(r"^\s*(```|~~~)|`[^`\n]*\w [^`\n]*\w[^`\n]*`", re.MULTILINE)
-_FENCE = re.compile(r"\s*(```|~~~)")
 _WHOLE = re.compile(r"(?<![\w./-])[a-z0-9]+(?![\w/-]|\.\w)")  # a word not joined to another
-_HEADING = re.compile(r" {0,3}#{1,6}(\s|$)")
-_ITEM = re.compile(r"\s*(?:[-*+]|\d{1,3}[.)])\s|\s*\|")
 
 
 @dataclass(frozen=True)
@@ -52,45 +51,32 @@ class Passage:
 
 
 def blocks(text: str) -> list[Block]:
-    """The chunk's Markdown blocks, in order; headings left out (the heading trail has them)."""
+    """The chunk's Markdown blocks as CommonMark reads them (archon.markdown_blocks), in order;
+    headings left out (the heading trail has them). A paragraph's, list item's or table row's
+    lines are joined; a code block keeps its lines and is glued to the paragraph before it when
+    that ends in ``:`` ("Run:" and the command it introduces are one block)."""
+    lines = text.splitlines()
     out: list[Block] = []
-    para: list[tuple[int, str]] = []
-    fence: list[tuple[int, str]] | None = None
-
-    def end_paragraph() -> None:
-        if para:
-            out.append(Block(" ".join(s for _, s in para), para[0][0], para[-1][0]))
-            para.clear()
-
-    for n, line in enumerate(text.splitlines()):
-        if fence is not None:
-            fence.append((n, line))
-            if _FENCE.match(line):
-                code = "\n".join(s for _, s in fence)
-                start = fence[0][0]
-                fence = None
-                last = out[-1] if out else None
-                if last and last.text.endswith(":") and last.last_line >= start - 2:
-                    # "Run:" and the command it introduces are one block.
-                    out[-1] = Block(last.text + "\n" + code, last.first_line, n)
-                else:
-                    out.append(Block(code, start, n))
+    for block in leaf_blocks(text):
+        if block.kind == "heading":
             continue
-        if _FENCE.match(line):
-            end_paragraph()
-            fence = [(n, line)]
+        verbatim = lines[block.first_line : block.last_line + 1]
+        if block.kind in ("fence", "code", "html"):
+            code = "\n".join(verbatim)
+            last = out[-1] if out else None
+            if (
+                block.kind != "html"
+                and last
+                and last.text.endswith(":")
+                and last.last_line >= block.first_line - 2
+            ):
+                out[-1] = Block(last.text + "\n" + code, last.first_line, block.last_line)
+            else:
+                out.append(Block(code, block.first_line, block.last_line))
             continue
-        stripped = line.strip()
-        if not stripped or _HEADING.match(line):
-            end_paragraph()
-        elif _ITEM.match(line):
-            end_paragraph()
-            out.append(Block(stripped, n, n))
-        else:
-            para.append((n, stripped))
-    end_paragraph()
-    if fence:  # a chunk cut inside a code block
-        out.append(Block("\n".join(s for _, s in fence), fence[0][0], fence[-1][0]))
+        out.append(
+            Block(" ".join(line.strip() for line in verbatim), block.first_line, block.last_line)
+        )
     return out
 
 

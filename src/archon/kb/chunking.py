@@ -1,9 +1,12 @@
-"""Markdown-aware chunking: split on headings, keep the heading path, never inside a code fence
-or a table, merge tiny sections, and keep chunks between a minimum and a maximum token count.
+"""Markdown-aware chunking: split on headings, keep the heading path, never inside a code block,
+an HTML block or a table, merge tiny sections, and keep chunks between a minimum and a maximum
+token count.
 
-Blocks (a heading, a paragraph, a list, a code fence, a table) are atomic: a chunk boundary only
-ever falls between two blocks. A single block larger than the maximum (a long code listing)
-becomes a chunk of its own rather than being cut.
+Blocks are CommonMark's (archon.markdown_blocks: markdown-it-py's tokens and their line ranges),
+so setext headings, indented code and HTML blocks are what a Markdown reader sees. Blocks are
+atomic: a chunk boundary only ever falls between two blocks, except inside an oversized
+paragraph, list or quote, which is cut at line boundaries. A code block, HTML block or table
+larger than the maximum becomes a chunk of its own rather than being cut.
 """
 
 from __future__ import annotations
@@ -12,9 +15,16 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
-FENCE = re.compile(r"^\s{0,3}(`{3,}|~{3,})")
-TABLE = re.compile(r"^\s*\|")
+from archon.markdown_blocks import ATOMIC, front_matter_title, top_level_blocks
+
+__all__ = [
+    "Block",
+    "Chunk",
+    "approx_tokens",
+    "chunk_markdown",
+    "front_matter_title",
+    "split_blocks",
+]
 
 TokenCounter = Callable[[str], int]
 
@@ -30,6 +40,8 @@ class Block:
     start_line: int  # 1-based, inclusive
     end_line: int
     heading_level: int = 0  # > 0 for a heading block
+    kind: str = "paragraph"  # archon.markdown_blocks.BlockKind
+    title: str = ""  # a heading's text
 
 
 @dataclass
@@ -47,76 +59,21 @@ class _Section:
     blocks: list[Block] = field(default_factory=list)
 
 
-def front_matter_title(markdown: str) -> str | None:
-    lines = markdown.splitlines()
-    if not lines or lines[0].strip() != "---":
-        return None
-    for line in lines[1:]:
-        if line.strip() in ("---", "..."):
-            return None
-        match = re.match(r"^title:\s*[\"']?(.*?)[\"']?\s*$", line)
-        if match:
-            return match.group(1) or None
-    return None
-
-
 def split_blocks(markdown: str) -> list[Block]:
+    """The file's top-level blocks as CommonMark reads them (archon.markdown_blocks), front
+    matter left out."""
     lines = markdown.splitlines()
-    blocks: list[Block] = []
-    i = 0
-    # YAML front matter is metadata, not prose.
-    if lines and lines[0].strip() == "---":
-        for j in range(1, len(lines)):
-            if lines[j].strip() in ("---", "..."):
-                i = j + 1
-                break
-    while i < len(lines):
-        line = lines[i]
-        if not line.strip():
-            i += 1
-            continue
-        fence = FENCE.match(line)
-        if fence:
-            marker = fence.group(1)
-            j = i + 1
-            while j < len(lines):
-                close = FENCE.match(lines[j])
-                if (
-                    close
-                    and close.group(1)[0] == marker[0]
-                    and len(close.group(1)) >= len(marker)
-                    and not lines[j].strip()[len(close.group(1)) :].strip()
-                ):
-                    break
-                j += 1
-            end = min(j, len(lines) - 1)
-            blocks.append(Block("\n".join(lines[i : end + 1]), i + 1, end + 1))
-            i = end + 1
-            continue
-        heading = HEADING.match(line)
-        if heading:
-            blocks.append(Block(line, i + 1, i + 1, heading_level=len(heading.group(1))))
-            i += 1
-            continue
-        if TABLE.match(line):
-            j = i
-            while j + 1 < len(lines) and TABLE.match(lines[j + 1]):
-                j += 1
-            blocks.append(Block("\n".join(lines[i : j + 1]), i + 1, j + 1))
-            i = j + 1
-            continue
-        j = i
-        while (
-            j + 1 < len(lines)
-            and lines[j + 1].strip()
-            and not FENCE.match(lines[j + 1])
-            and not HEADING.match(lines[j + 1])
-            and not TABLE.match(lines[j + 1])
-        ):
-            j += 1
-        blocks.append(Block("\n".join(lines[i : j + 1]), i + 1, j + 1))
-        i = j + 1
-    return blocks
+    return [
+        Block(
+            "\n".join(lines[b.first_line : b.last_line + 1]),
+            b.first_line + 1,
+            b.last_line + 1,
+            heading_level=b.level,
+            kind=b.kind,
+            title=b.title,
+        )
+        for b in top_level_blocks(markdown)
+    ]
 
 
 def _sections(blocks: list[Block], title: str | None) -> list[_Section]:
@@ -125,7 +82,7 @@ def _sections(blocks: list[Block], title: str | None) -> list[_Section]:
     stack: list[tuple[int, str]] = []
     for block in blocks:
         if block.heading_level:
-            heading = HEADING.match(block.text.splitlines()[0]).group(2)  # type: ignore[union-attr]
+            heading = block.title
             while stack and stack[-1][0] >= block.heading_level:
                 stack.pop()
             stack.append((block.heading_level, heading))
@@ -139,16 +96,11 @@ def _sections(blocks: list[Block], title: str | None) -> list[_Section]:
 
 
 def _fit(blocks: list[Block], max_tokens: int, count: TokenCounter) -> list[Block]:
-    """Split an oversized paragraph or list at line boundaries; fences and tables stay whole."""
+    """Split an oversized paragraph, list or quote at line boundaries; code blocks, HTML
+    blocks and tables stay whole."""
     out: list[Block] = []
     for block in blocks:
-        first = block.text.lstrip()
-        if (
-            block.heading_level
-            or FENCE.match(first)
-            or TABLE.match(first)
-            or count(block.text) <= max_tokens
-        ):
+        if block.heading_level or block.kind in ATOMIC or count(block.text) <= max_tokens:
             out.append(block)
             continue
         lines = block.text.splitlines()
@@ -163,6 +115,7 @@ def _fit(blocks: list[Block], max_tokens: int, count: TokenCounter) -> list[Bloc
                     "\n".join(lines[start:end]),
                     block.start_line + start,
                     block.start_line + end - 1,
+                    kind=block.kind,
                 )
             )
             start = end
