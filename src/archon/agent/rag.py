@@ -135,7 +135,22 @@ def source_entry(n: int, chunk: dict[str, Any]) -> dict[str, Any]:
         "start_line": chunk.get("start_line"),
         "end_line": chunk.get("end_line"),
         "score": chunk.get("score"),
+        # A code chunk: shown as code, with its language, symbol and line range.
+        **{k: chunk[k] for k in ("language", "symbol", "symbol_kind") if chunk.get(k)},
     }
+
+
+def code_snippet(text: str, limit: int = SNIPPET_CHARS) -> str:
+    """The first whole lines of a code excerpt within ``limit``, indentation kept."""
+    lines = str(text or "").splitlines()
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    out: list[str] = []
+    for line in lines:
+        if out and sum(len(x) + 1 for x in out) + len(line) > limit:
+            return "\n".join(out) + "\n…"
+        out.append(line.rstrip())
+    return "\n".join(out)
 
 
 def snippet(text: Any, limit: int = SNIPPET_CHARS) -> str:
@@ -176,7 +191,8 @@ def augment(
         excerpt, skipped = window(query, text, share)
         blocks.append(header + excerpt)
         entry[EXCERPT] = excerpt  # what the model read: a quote of it marks the source cited
-        entry["snippet"] = snippet(excerpt)  # the part that matched, not the chunk's start
+        # The part that matched, not the chunk's start; code keeps its lines.
+        entry["snippet"] = code_snippet(excerpt) if entry.get("language") else snippet(excerpt)
         start = chunk.get("start_line")
         entry[EXCERPT_LINE] = start + skipped if isinstance(start, int) else None
         sources.append(entry)

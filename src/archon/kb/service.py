@@ -164,6 +164,7 @@ class KnowledgeBase:
                     "end_line": p.get("end_line"),
                     "url": p.get("url"),
                     "commit": p.get("commit"),
+                    **_code_fields(p),
                 }
             )
         return out
@@ -208,6 +209,11 @@ class KnowledgeBase:
         if self.reranker is not None:
             self.reranker.close()
         self.store.close()
+
+
+def _code_fields(payload: dict[str, Any]) -> dict[str, Any]:
+    """A code chunk's language, symbol and kind (archon.kb.code_chunking); none for docs."""
+    return {k: payload[k] for k in ("language", "symbol", "symbol_kind") if k in payload}
 
 
 def _rerank_text(payload: dict[str, Any]) -> str:

@@ -25,6 +25,14 @@ from pathlib import Path
 
 from archon.errors import ConfigError
 from archon.kb.chunking import Chunk, chunk_markdown
+from archon.kb.code_chunking import (
+    CODE_CHUNKING,
+    CodeChunk,
+    chunk_code,
+    code_embedded_text,
+    code_indexed_text,
+)
+from archon.kb.code_chunking import skip_reason as code_skip_reason
 from archon.kb.embeddings import Embedder
 from archon.kb.sources import Source, SourceError, checkout
 from archon.kb.store import ChunkStore, chunk_id, path_prefixes
@@ -117,6 +125,7 @@ class SourceReport:
     unchanged: int = 0
     deleted: int = 0
     chunks_written: int = 0
+    skipped: int = 0  # generated, vendored or binary files (archon.kb.code_chunking)
     error: str | None = None
 
 
@@ -179,7 +188,10 @@ class Syncer:
 
     @property
     def chunking(self) -> str:
-        return f"max_tokens={self.max_tokens} min_tokens={self.min_tokens} context={self.context}"
+        return (
+            f"max_tokens={self.max_tokens} min_tokens={self.min_tokens} context={self.context}"
+            f" code={CODE_CHUNKING}"
+        )
 
     def _sync_source(
         self, source: Source, progress: Progress | None, rechunk: bool = False
@@ -194,8 +206,13 @@ class Syncer:
             return result
         result.commit = tree.commit
         known = self.state.files(source.name)
+        present = set(tree.files)
         for done, path in enumerate(tree.files):
             data = (tree.root / path).read_bytes()
+            if not is_markdown(path) and skip_file(path, data):
+                present.discard(path)  # indexed before? its chunks go below
+                result.skipped += 1
+                continue
             content_hash = hashlib.sha256(data).hexdigest()
             previous = known.get(path)
             if not rechunk and previous and previous[0] == content_hash and previous[2] == "done":
@@ -210,7 +227,7 @@ class Syncer:
                 )
             if progress:
                 progress(source.name, done + 1, len(tree.files))
-        for path in set(known) - set(tree.files):
+        for path in set(known) - present:
             self.store.delete_from(source.name, path)
             self.state.forget(source.name, path)
             result.deleted += 1
@@ -221,15 +238,33 @@ class Syncer:
         self, source: Source, commit: str, path: str, text: str, content_hash: str
     ) -> int:
         self.state.mark(source.name, path, content_hash, 0, "pending", commit)
-        chunks = chunk_markdown(
-            text,
-            max_tokens=self.max_tokens,
-            min_tokens=self.min_tokens,
-            count=self.embedder.count_tokens,
-        )
+        chunks: list[Chunk | CodeChunk] = []
+        if is_markdown(path):
+            chunks += chunk_markdown(
+                text,
+                max_tokens=self.max_tokens,
+                min_tokens=self.min_tokens,
+                count=self.embedder.count_tokens,
+            )
+        else:
+            chunks += chunk_code(path, text)
         if chunks:
-            embed_texts = [indexed_text(source.name, path, c, self.context) for c in chunks]
-            vectors = self.embedder.embed_documents(embed_texts)
+            embed_texts = [
+                code_indexed_text(source.name, path, c)
+                if isinstance(c, CodeChunk)
+                else indexed_text(source.name, path, c, self.context)
+                for c in chunks
+            ]
+            # Code is embedded by its head (trail, signature, doc, first lines: one model
+            # window); BM25 reads all of it (archon.kb.code_chunking).
+            vectors = self.embedder.embed_documents(
+                [
+                    code_embedded_text(source.name, path, c, self.embedder.count_tokens)
+                    if isinstance(c, CodeChunk)
+                    else embed_texts[i]
+                    for i, c in enumerate(chunks)
+                ]
+            )
             payloads = [
                 {
                     "source": source.name,
@@ -243,6 +278,7 @@ class Syncer:
                     "text": c.text,
                     "url": source.browse_url(path, commit, c.start_line),
                     "content_hash": content_hash,
+                    **code_payload(c),
                 }
                 for i, c in enumerate(chunks)
             ]
@@ -251,6 +287,25 @@ class Syncer:
         self.store.delete_from(source.name, path, len(chunks))
         self.state.mark(source.name, path, content_hash, len(chunks), "done", commit)
         return len(chunks)
+
+
+def is_markdown(path: str) -> bool:
+    return path.lower().endswith((".md", ".markdown", ".mdx"))
+
+
+def skip_file(path: str, data: bytes) -> bool:
+    """Binary, generated and vendored files are not knowledge (code_chunking.skip_reason)."""
+    if b"\0" in data[:8192]:
+        return True
+    return code_skip_reason(path, data.decode("utf-8", "replace")) is not None
+
+
+def code_payload(chunk: Chunk | CodeChunk) -> dict[str, object]:
+    """What a reader is shown of a code chunk: its language, symbol and kind."""
+    if not isinstance(chunk, CodeChunk):
+        return {}
+    fields = {"language": chunk.language, "symbol": chunk.symbol, "symbol_kind": chunk.kind}
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def indexed_text(source: str, path: str, chunk: Chunk, context: bool) -> str:

@@ -191,23 +191,37 @@
       const url = safeUrl(source.url);
       const headings = Array.isArray(source.heading_path) ? source.heading_path.filter(Boolean) : [];
       const trail = headings.length ? headings.join(" \u203a ") : (source.title || source.path || "");
-      const where = source.start_line ? `${source.path}:${source.start_line}` : `${source.path ?? ""}`;
+      // A code chunk (it has a language) shows its line range, symbol and lines as code.
+      const code = typeof source.language === "string" && source.language !== "";
+      const lines = code && source.end_line && source.end_line !== source.start_line
+        ? `${source.start_line}-${source.end_line}` : source.start_line;
+      const where = source.start_line ? `${source.path}:${lines}` : `${source.path ?? ""}`;
       const cited = source.cited === true;
       return el("li", { id: anchor(n), value: n, class: cited ? "source-card cited" : "source-card",
         "data-testid": "source", "data-cited": String(cited) },
         el("div", { class: "src-head" },
           el("span", { class: "src-num", text: `[${n}]` }),
           el("span", { class: "src-trail", "data-testid": "source-trail", text: trail }),
+          code && el("span", { class: "badge lang", "data-testid": "source-language",
+            text: source.language }),
           cited && el("span", { class: "badge", "data-testid": "cited-badge", text: "cited" })),
+        code && source.symbol
+          ? el("div", { class: "src-symbol" },
+            el("code", { "data-testid": "source-symbol",
+              text: `${source.symbol_kind ? `${source.symbol_kind} ` : ""}${source.symbol}` }))
+          : null,
         el("div", { class: "src-where", title: source.source ? `${source.source}:${where}` : where },
           el("span", { class: "src-name", "data-testid": "source-name", text: source.source ?? "" }),
           source.source ? ":" : null,
           url ? el("a", { href: url, target: "_blank", rel: "noopener noreferrer",
             "data-testid": "source-link", text: where })
               : el("code", { text: where })),
-        source.snippet
-          ? el("p", { class: "src-snippet", "data-testid": "source-snippet", text: source.snippet })
-          : null);
+        source.snippet && code
+          ? el("pre", { class: "src-code", "data-testid": "source-code" },
+            el("code", { class: `language-${source.language}`, text: source.snippet }))
+          : source.snippet
+            ? el("p", { class: "src-snippet", "data-testid": "source-snippet", text: source.snippet })
+            : null);
     }
 
     function renderSources(sources) {
