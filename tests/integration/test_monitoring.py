@@ -79,7 +79,10 @@ def test_the_guides_four_alerts_are_there() -> None:
     assert "kube_pod_status_ready" in exprs["ArchonModelServerNotReady"]
     assert "CrashLoopBackOff" in exprs["ArchonModelServerCrashLooping"]
     assert "DCGM_FI_DEV_FB_USED" in exprs["ArchonGPUMemoryExhausted"]
-    assert "OOMKilled" in exprs["ArchonGPUMemoryExhausted"]
+    assert "OOMKilled" in exprs["ArchonModelServerOOMKilled"]
+    assert "OOMKilled" not in exprs["ArchonGPUMemoryExhausted"]  # host memory, not the GPU's
+    assert "kube_pod_container_status_waiting_reason" in exprs["ArchonModelServerImagePull"]
+    assert 'resource="nvidia_com_gpu"' in exprs["ArchonGPUNodeNotReady"]
     memory = exprs["ArchonPodMemoryNearLimit"]
     assert "container_memory_working_set_bytes" in memory
     assert 'resource="memory"' in memory

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from archon.ops.doctor import crashloop, latency, loading, pending, prerequisites
+from archon.ops.doctor import (
+    containers,
+    crashloop,
+    latency,
+    loading,
+    nodes,
+    pending,
+    prerequisites,
+)
 from archon.ops.doctor.findings import Finding
 from archon.ops.doctor.scope import Scope
 
 CHECKS = {
     "prerequisites": prerequisites.check,
+    "gpu-node": nodes.check,
     "pending": pending.check,
+    "containers": containers.check,
     "crashloop": crashloop.check,
     "slow-loading": loading.check,
     "latency": latency.check,

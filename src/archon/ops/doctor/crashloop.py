@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+from collections.abc import Callable
+from typing import Any
 
 from archon.errors import (
     DiskFullError,
@@ -12,8 +15,12 @@ from archon.errors import (
     ModelReferenceError,
     NetworkError,
 )
+from archon.modelserver.settings import parse_bytes
+from archon.ops.doctor import causes
 from archon.ops.doctor.findings import Finding
-from archon.ops.doctor.scope import Scope, container_statuses, name
+from archon.ops.doctor.nodes import lost_gpu_nodes
+from archon.ops.doctor.scope import EPOCH, Scope, container_statuses, event_time, name
+from archon.ops.doctor.volumes import model_cache_usage
 
 RUNBOOK = "docs/runbooks/ArchonModelServerCrashLooping.md"
 CUDA_OOM = re.compile(
@@ -42,7 +49,10 @@ ARCHON_EXITS = {
 
 def check(scope: Scope) -> list[Finding]:
     found = []
+    lost = lost_gpu_nodes(scope)
     for pod in scope.pods():
+        if pod.get("spec", {}).get("nodeName") in lost:
+            continue  # its GPU or node is gone: the gpu-node check says so, with this pod
         settings: dict[str, str] | None = None
         for _, status in container_statuses(pod):
             waiting = status.get("state", {}).get("waiting", {})
@@ -54,15 +64,56 @@ def check(scope: Scope) -> list[Finding]:
                 or scope.source.log(scope.namespace, name(pod), container, previous=False)
                 or ""
             )
-            exit_code = status.get("lastState", {}).get("terminated", {}).get("exitCode")
+            last = status.get("lastState", {}).get("terminated", {})
             if settings is None:
                 settings = scope.settings(pod)
             found.append(
                 classify(
-                    name(pod), container, exit_code, log, settings, status.get("restartCount", 0)
+                    name(pod),
+                    container,
+                    last.get("exitCode"),
+                    log,
+                    settings,
+                    status.get("restartCount", 0),
+                    reason=last.get("reason"),
+                    memory=_memory(pod, container),
+                    usage=functools.partial(model_cache_usage, scope, pod),
+                    probe_kills=_probe_kills(scope, name(pod), container),
                 )
             )
     return found
+
+
+def _memory(pod: dict[str, Any], container: str) -> tuple[str, str]:
+    """The container's memory (request, limit) as the pod spec says them."""
+    spec = pod.get("spec", {})
+    for c in [*spec.get("initContainers", []), *spec.get("containers", [])]:
+        if c.get("name") == container:
+            resources = c.get("resources", {})
+            return (
+                str(resources.get("requests", {}).get("memory", "?")),
+                str(resources.get("limits", {}).get("memory", "none")),
+            )
+    return "?", "none"
+
+
+def _probe_kills(scope: Scope, pod: str, container: str) -> list[str]:
+    """The kubelet's "failed <probe> probe, will be restarted" and the probe's own failure
+    (k8s.io/kubernetes pkg/kubelet/prober, kuberuntime: events Unhealthy and Killing)."""
+    events = scope.events_about(pod)
+    kills = [
+        e.get("message", "")
+        for e in events
+        if e.get("reason") == "Killing" and f"Container {container} failed" in e.get("message", "")
+    ]
+    if not kills:
+        return []
+    failures = [
+        e.get("message", "")
+        for e in sorted(events, key=lambda e: event_time(e) or EPOCH)
+        if e.get("reason") == "Unhealthy"
+    ]
+    return [kills[-1], *failures[-1:]]
 
 
 def _tail(log: str, n: int = 8) -> list[str]:
@@ -105,16 +156,42 @@ def classify(
     log: str,
     settings: dict[str, str],
     restarts: int = 0,
+    *,
+    reason: str | None = None,
+    memory: tuple[str, str] = ("?", "none"),
+    usage: Callable[[], tuple[list[str], str]] | None = None,
+    probe_kills: list[str] | None = None,
 ) -> Finding:
     where = f"{pod} container {container} (exit code {exit_code}, {restarts} restarts)"
     last = _tail(log, 1)
+    if reason == "OOMKilled":
+        return _oom_killed(where, container, memory)
+    cause = (
+        causes.vllm_config(log, settings)
+        or causes.hub(log, settings)
+        or causes.disk_full(
+            log, usage or (lambda: ([], "")), certain=exit_code == DiskFullError.exit_code
+        )
+    )
+    if cause is not None:
+        return _finding(cause.title, cause.fix, [where, *cause.evidence])
     oom = CUDA_OOM.search(log)
     if oom or exit_code == InsufficientVRAMError.exit_code:
         return _cuda_oom(where, log, settings, oom.group(0) if oom else last[0] if last else "")
-    for pattern, code, cause, fix in LOGGED:
+    for pattern, code, cause_text, fix in LOGGED:
         if pattern.search(log) or exit_code == code:
             line = next((x for x in _tail(log, 40) if pattern.search(x)), last[0] if last else "")
-            return _finding(cause, fix(settings), [where, line])
+            return _finding(cause_text, fix(settings), [where, line])
+    if probe_kills:
+        return _finding(
+            "killed by a failing probe",
+            f"The kubelet restarts {container} because a probe fails (its last output above). "
+            "If the port or path is wrong, fix the probe in manifests/model-server/"
+            "deployment.yaml (vLLM serves GET /health on containerPort 8000, named http); if "
+            "the download or loading takes longer than the startup probe allows "
+            "(failureThreshold x periodSeconds), raise startupProbe.failureThreshold.",
+            [where, *probe_kills, *last],
+        )
     if exit_code in ARCHON_EXITS:
         return _finding(
             ARCHON_EXITS[exit_code],
@@ -125,6 +202,26 @@ def classify(
         "unrecognised cause",
         f"Read the log: kubectl logs -n <namespace> {pod} -c {container} --previous",
         [where, *_tail(log)],
+    )
+
+
+def _oom_killed(where: str, container: str, memory: tuple[str, str]) -> Finding:
+    request, limit = memory
+    try:
+        bigger = f"{parse_bytes(limit) * 3 // 2 / 2**30:.0f}Gi"
+    except ValueError:
+        bigger = "a larger value"
+    return Finding(
+        "crashloop",
+        "error",
+        "OOMKilled: the container hit its memory limit",
+        f"The kernel killed {container} at resources.limits.memory ({limit}; request {request}) "
+        "- host memory, not the GPU's. Raise limits.memory of the "
+        f"{container} container in manifests/model-server/deployment.yaml, e.g. to {bigger}, "
+        "on a node that has it allocatable; vLLM holds weights in host memory while loading, "
+        "plus its CPU swap space.",
+        [where, "lastState.terminated.reason: OOMKilled (exit code 137 = SIGKILL)"],
+        "docs/runbooks/ArchonModelServerOOMKilled.md",
     )
 
 

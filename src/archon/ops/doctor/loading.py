@@ -5,17 +5,29 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from archon.ops.doctor.containers import PULL, START
 from archon.ops.doctor.findings import Finding
-from archon.ops.doctor.scope import Scope, age_seconds, container_statuses, is_ready, name
+from archon.ops.doctor.nodes import lost_gpu_nodes
+from archon.ops.doctor.scope import (
+    Scope,
+    age_seconds,
+    container_statuses,
+    is_ready,
+    is_terminating,
+    name,
+    was_ready_before,
+)
 
 RUNBOOK = "docs/runbooks/ArchonModelLoadingSlow.md"
 SLOW_AFTER_S = 30 * 60
 PROGRESS = re.compile(r"downloading .*?: [\d.]+% .*")
+EXPLAINED_ELSEWHERE = ("CrashLoopBackOff", *PULL, *START)
 
 
 def check(scope: Scope) -> list[Finding]:
     found = []
     now = scope.source.now()
+    lost = lost_gpu_nodes(scope)
     for pod in scope.pods():
         age = age_seconds(pod, now)
         if (
@@ -25,10 +37,12 @@ def check(scope: Scope) -> list[Finding]:
         ):
             continue
         if any(
-            s.get("state", {}).get("waiting", {}).get("reason") == "CrashLoopBackOff"
+            s.get("state", {}).get("waiting", {}).get("reason") in EXPLAINED_ELSEWHERE
             for _, s in container_statuses(pod)
         ):
-            continue  # the crash-loop check explains this pod
+            continue  # the crash-loop or containers check explains this pod
+        if is_terminating(pod) or was_ready_before(pod) or pod["spec"].get("nodeName") in lost:
+            continue  # it loaded and served; now it is going, or its node is (gpu-node check)
         if any(
             c.get("type") == "PodScheduled" and c.get("status") == "False"
             for c in pod.get("status", {}).get("conditions", [])

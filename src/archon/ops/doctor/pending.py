@@ -7,6 +7,7 @@ from typing import Any
 
 from archon.modelserver.settings import parse_bytes
 from archon.ops.doctor.findings import Finding
+from archon.ops.doctor.nodes import LOST_TAINTS, lost_gpu_nodes
 from archon.ops.doctor.scope import (
     EPOCH,
     Scope,
@@ -33,6 +34,8 @@ def check(scope: Scope) -> list[Finding]:
         text = _why_pending(scope, pod)
         if not text:
             continue
+        if ("nvidia.com/gpu" in text or "untolerated taint" in text) and lost_gpu_nodes(scope):
+            continue  # its GPU is on a lost node: the gpu-node check names the node
         found.append(_classify(scope, pod, text))
     found.extend(_rejected_by_admission(scope, pods))
     return found
@@ -76,7 +79,13 @@ def _classify(scope: Scope, pod: dict[str, Any], text: str) -> Finding:
         gpu_nodes = None if nodes is None else [n for n in nodes if gpus_of(n)]
     # Before "Insufficient nvidia.com/gpu": a tainted GPU node next to GPU-less nodes makes the
     # scheduler say both, and only the taint is the cause.
-    tainted = [(n, taint) for n in gpu_nodes or [] for taint in untolerated_taints(pod, n)]
+    # A lost node's taints (not-ready, unreachable) are no toleration to add.
+    tainted = [
+        (n, taint)
+        for n in gpu_nodes or []
+        for taint in untolerated_taints(pod, n)
+        if taint.get("key") not in LOST_TAINTS
+    ]
     if tainted or ("untolerated taint" in text and gpu_nodes is None):
         first = tainted[0][1] if tainted else {"key": "nvidia.com/gpu", "effect": "NoSchedule"}
         return Finding(

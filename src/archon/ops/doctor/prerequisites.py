@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from archon.ops.doctor.findings import Finding
-from archon.ops.doctor.scope import Scope, gpus_of, name
+from archon.ops.doctor.nodes import lost_gpu_nodes
+from archon.ops.doctor.scope import Scope, gpu_capacity, gpus_of, name
 
 RUNTIMECLASS_YAML = (
     "kubectl apply -f - <<EOF\napiVersion: node.k8s.io/v1\nkind: RuntimeClass\n"
@@ -100,9 +101,11 @@ def _device_plugin(scope: Scope) -> list[Finding]:
             )
         ]
     found = []
+    # A lost node takes its plugin pod with it: the gpu-node check reports the node.
+    lost = len(lost_gpu_nodes(scope))
     for ds in active:
         ready, desired = counts(ds)
-        if ready < desired:
+        if ready + lost < desired:
             ns = ds["metadata"]["namespace"]
             found.append(
                 Finding(
@@ -121,8 +124,8 @@ def _gpus(scope: Scope) -> list[Finding]:
     if nodes is None:
         return []
     gpus = {name(n): gpus_of(n) for n in nodes}
-    if any(gpus.values()):
-        return []
+    if any(gpus.values()) or any(gpu_capacity(n) for n in nodes):
+        return []  # GPUs there, or withdrawn as unhealthy (the gpu-node check's finding)
     return [
         Finding(
             "prerequisites",

@@ -174,3 +174,38 @@ def untolerated_taints(pod: dict[str, Any], node: dict[str, Any]) -> list[dict[s
         for taint in node.get("spec", {}).get("taints", []) or []
         if taint.get("effect") in ("NoSchedule", "NoExecute") and not tolerates(pod, taint)
     ]
+
+
+def condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    """The status condition of that type (pods and nodes), or None."""
+    return next(
+        (c for c in obj.get("status", {}).get("conditions", []) or [] if c.get("type") == kind),
+        None,
+    )
+
+
+def is_terminating(pod: dict[str, Any]) -> bool:
+    """Deleted, waiting for its kubelet to confirm: on a lost node it stays so for good."""
+    return bool(pod["metadata"].get("deletionTimestamp"))
+
+
+def was_ready_before(pod: dict[str, Any]) -> bool:
+    """Ready turned False well after the containers started: it was True in between.
+
+    The kubelet sets Ready=False when the pod starts; a later transition to False can only come
+    from True. A server that ran for days and then lost readiness is not "still loading".
+    """
+    ready = condition(pod, "Ready")
+    if ready is None or ready.get("status") == "True":
+        return False
+    changed = timestamp(ready.get("lastTransitionTime"))
+    started = [
+        t
+        for _, s in container_statuses(pod)
+        if (t := timestamp(s.get("state", {}).get("running", {}).get("startedAt")))
+    ]
+    return changed is not None and bool(started) and (changed - max(started)).total_seconds() > 60
+
+
+def gpu_capacity(node: dict[str, Any]) -> int:
+    return int(node.get("status", {}).get("capacity", {}).get("nvidia.com/gpu", "0"))

@@ -1,0 +1,618 @@
+# ruff: noqa: E501  (kubelet, containerd, vLLM and hub messages are long lines; kept verbatim)
+"""`archon doctor` on the failures beyond the guide's four runbooks: image pulls, a missing
+ConfigMap key or Secret, OOMKilled, vLLM refusing its configuration, gated models, a full model
+cache, evictions, a probe on the wrong port, a lost GPU node; and clusters where something else
+is failing, or a rolling update is in progress, where it must say nothing.
+
+Each text is the real program's: the multi-line logs are files in tests/data/doctor/ (README.md
+there names each one's source); the kubelet's and the API server's texts are inline, with the
+k8s.io/kubernetes file that writes them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from archon.ops.doctor import Scope, diagnose
+from archon.ops.doctor.source import RecordingCluster
+from tests.support import k8s_objects as k
+from tests.support.servers import run_cli
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "doctor"
+POD = "vllm-6d5f8b7c9d-x2k4q"
+NEW_POD = "vllm-6d5f8b7c9d-q8w7z"
+
+
+def log(name: str) -> str:
+    return (DATA / name).read_text()
+
+
+def waiting(
+    name: str, reason: str, message: str, image: str = "vllm/vllm-openai:v0.32.0"
+) -> dict[str, Any]:
+    """A container the kubelet has not started: state.waiting as kuberuntime writes it."""
+    return {
+        "name": name,
+        "ready": False,
+        "restartCount": 0,
+        "started": False,
+        "image": image,
+        "imageID": "",
+        "state": {"waiting": {"reason": reason, "message": message}},
+        "lastState": {},
+    }
+
+
+def model_pod(**kw: Any) -> dict[str, Any]:
+    """The model server's pod as the manifests make it: ports and probes included."""
+    pod = k.pod(tolerations=[k.GPU_TOLERATION], **kw)
+    vllm = pod["spec"]["containers"][0]
+    vllm["ports"] = [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    for kind, period, threshold in (
+        ("startup", 10, 300),
+        ("readiness", 10, 3),
+        ("liveness", 20, 3),
+    ):
+        vllm[f"{kind}Probe"] = {
+            "httpGet": {"path": "/health", "port": "http", "scheme": "HTTP"},
+            "periodSeconds": period,
+            "failureThreshold": threshold,
+        }
+    return pod
+
+
+def cluster(
+    pods: list[dict[str, Any]], *, events=(), configmap: dict[str, str] | None = None, **kw: Any
+) -> k.InMemoryCluster:
+    objects = k.real_cluster()
+    objects["pods"] = [*pods, *(p for p in objects["pods"] if p["metadata"]["namespace"] != k.NS)]
+    objects["events"] = [*objects["events"], *events]
+    if configmap is not None:
+        objects["configmaps"] = [k.configmap("kube-root-ca.crt", 10000), k.configmap(**configmap)]
+    return k.InMemoryCluster(objects, **kw)
+
+
+def crashing(code: int, text: str, reason: str = "Error", **configmap: str) -> k.InMemoryCluster:
+    status = k.crashlooping("vllm", code)
+    status["lastState"]["terminated"]["reason"] = reason
+    pod = model_pod(phase="Running", ready=False, age_minutes=20, statuses=[status])
+    return cluster([pod], configmap=configmap, logs={(POD, "vllm", True): text})
+
+
+# ---- the kubelet's words ----
+# pkg/kubelet/images/image_manager.go: the waiting message in back-off, and the Failed event with
+# the runtime's error; containerd's resolver says "<ref>: not found" with gRPC code NotFound (as
+# in `kubectl describe` output quoted in kubernetes/kubernetes#126166-style reports; the
+# containerd text: remotes/docker/resolver.go).
+BACKOFF = 'Back-off pulling image "vllm/vllm-openai:v0.32.1"'
+TAG_NOT_FOUND = (
+    'Failed to pull image "vllm/vllm-openai:v0.32.1": rpc error: code = NotFound desc = failed to '
+    'pull and unpack image "docker.io/vllm/vllm-openai:v0.32.1": failed to resolve reference '
+    '"docker.io/vllm/vllm-openai:v0.32.1": docker.io/vllm/vllm-openai:v0.32.1: not found'
+)
+PRIVATE = "registry.example.com/ml/vllm-openai:v0.32.0"
+# containerd's resolver on a registry that wants credentials ("unexpected status code
+# [manifests <tag>]: 401 Unauthorized", as crictl and the kubelet print it).
+UNAUTHORIZED = (
+    f'rpc error: code = Unknown desc = failed to pull and unpack image "{PRIVATE}": failed to '
+    f'resolve reference "{PRIVATE}": unexpected status code [manifests v0.32.0]: 401 Unauthorized'
+)
+# pkg/kubelet/kubelet_pods.go makeEnvironmentVariables.
+MISSING_KEY = "couldn't find key llm_model in ConfigMap archon-system/vllm-config-b6t4m9447h"
+# The kubelet's secret manager: the API's NotFound for resource "secret".
+MISSING_SECRET = 'secret "vllm-api-key" not found'
+# pkg/kubelet/images/image_manager.go, pull policy Never.
+NEVER_PULL = 'Container image "ghcr.io/archon-platform/archon:0.1.0" is not present with pull policy of Never'
+# The nvidia-container-runtime hook failing inside runc (NVIDIA/nvidia-container-toolkit issues,
+# e.g. #154: "nvidia-container-cli: initialization error: nvml error: driver not loaded").
+NVIDIA_HOOK = (
+    "failed to create containerd task: failed to create shim task: OCI runtime create failed: runc "
+    "create failed: unable to start container process: error during container init: error running "
+    "hook #0: error running hook: exit status 1, stdout: , stderr: Auto-detected mode as 'legacy'\n"
+    "nvidia-container-cli: initialization error: nvml error: driver not loaded: unknown"
+)
+# pkg/kubelet/eviction/helpers.go: nodeLowMessageFmt, thresholdMetMessageFmt, containerMessageFmt.
+EVICTED = (
+    "The node was low on resource: ephemeral-storage. Threshold quantity: 10Gi, available: 8Gi. "
+    "Container vllm was using 41Gi, request is 0, has larger consumption of ephemeral-storage. "
+)
+# pkg/kubelet/prober/prober.go: "<Kind> probe failed: <output>" (event Unhealthy).
+PROBE_8080 = 'Startup probe failed: Get "http://10.42.0.31:8080/health": dial tcp 10.42.0.31:8080: connect: connection refused'
+PROBE_8000 = 'Startup probe failed: Get "http://10.42.0.31:8000/health": dial tcp 10.42.0.31:8000: connect: connection refused'
+# pkg/scheduler: the unreachable taint, printed with its empty value.
+SCHEDULER_LOST = (
+    "0/3 nodes are available: 1 node(s) had untolerated taint {node.kubernetes.io/unreachable: }, "
+    "2 Insufficient nvidia.com/gpu. preemption: 0/3 nodes are available: 3 Preemption is not "
+    "helpful for scheduling."
+)
+
+
+def pull_failure(image_status: dict[str, Any], event: str) -> k.InMemoryCluster:
+    pod = model_pod(phase="Pending", ready=False, age_minutes=12, statuses=[image_status])
+    pod["spec"]["containers"][0]["image"] = image_status["image"]
+    return cluster(
+        [pod],
+        events=[
+            k.event("Pod", POD, "Failed", event, count=4),
+            k.event("Pod", POD, "Failed", "Error: ErrImagePull", count=4),
+            k.event("Pod", POD, "BackOff", BACKOFF, kind="Normal", count=9),
+        ],
+    )
+
+
+def lost_node(node: dict[str, Any], minutes_ago: float) -> dict[str, Any]:
+    """What pkg/controller/nodelifecycle writes when the kubelet stops posting status."""
+    node = copy.deepcopy(node)
+    since = k.ts(minutes_ago)
+    node["status"]["conditions"] = [
+        {
+            "type": "Ready",
+            "status": "Unknown",
+            "reason": "NodeStatusUnknown",
+            "message": "Kubelet stopped posting node status.",
+            "lastHeartbeatTime": k.ts(minutes_ago + 0.7),
+            "lastTransitionTime": since,
+        }
+    ]
+    node["spec"]["taints"] = [
+        *node["spec"].get("taints", []),
+        {"key": "node.kubernetes.io/unreachable", "effect": "NoSchedule", "timeAdded": since},
+        {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute", "timeAdded": since},
+    ]
+    return node
+
+
+def gpu_node_lost() -> k.InMemoryCluster:
+    """The GPU node went away 12 minutes ago: the server that ran for 5 days is Terminating
+    (evicted after its 300 s toleration, never confirmed), its replacement Pending."""
+    objects = k.real_cluster()
+    objects["nodes"] = [lost_node(objects["nodes"][0], 12), *objects["nodes"][1:]]
+    old = model_pod(age_minutes=7200)
+    old["metadata"]["deletionTimestamp"] = k.ts(7)
+    old["metadata"]["deletionGracePeriodSeconds"] = 60
+    ready = next(c for c in old["status"]["conditions"] if c["type"] == "Ready")
+    ready.update(status="False", lastTransitionTime=k.ts(12))
+    old["status"]["containerStatuses"][0]["state"]["running"]["startedAt"] = k.ts(7200)
+    new = model_pod(
+        name=NEW_POD,
+        phase="Pending",
+        scheduled=False,
+        schedule_message=SCHEDULER_LOST,
+        age_minutes=7,
+    )
+    objects["pods"] = [old, new, *objects["pods"][1:]]
+    # The DaemonSets count their pods on the lost node as not ready.
+    for ds in objects["daemonsets"]:
+        status = ds["status"]
+        if ds["metadata"]["namespace"] == "gpu-operator" and status["desiredNumberScheduled"] == 1:
+            status["numberReady"] = status["numberAvailable"] = 0
+    return k.InMemoryCluster(objects)
+
+
+def gpu_fell_off_the_bus() -> k.InMemoryCluster:
+    """Xid 79: the node stays Ready, the device plugin withdraws the GPU (allocatable 0 of 1),
+    the server that ran for days crash-loops on a GPU that is gone."""
+    objects = k.real_cluster()
+    node = objects["nodes"][0]
+    node["status"]["allocatable"]["nvidia.com/gpu"] = "0"
+    status = k.crashlooping("vllm", 1, restarts=3)
+    pod = model_pod(phase="Running", ready=False, age_minutes=4300, statuses=[status])
+    plugin = k.pod(
+        "nvidia-device-plugin-daemonset-7xk2p",
+        namespace="gpu-operator",
+        labels={"app": "nvidia-device-plugin-daemonset"},
+        gpu=False,
+        age_minutes=9000,
+        init_statuses=[],
+        statuses=[k.running("nvidia-device-plugin")],
+    )
+    plugin["spec"]["containers"][0]["name"] = "nvidia-device-plugin"
+    objects["pods"] = [pod, plugin, *objects["pods"][1:]]
+    return k.InMemoryCluster(
+        objects,
+        logs={
+            ("nvidia-device-plugin-daemonset-7xk2p", "nvidia-device-plugin", False): log(
+                "device-plugin-xid79.log"
+            )
+        },
+    )
+
+
+VOLUME_STATS = {
+    'kubelet_volume_stats_used_bytes{namespace="archon-system",persistentvolumeclaim="model-cache"}': [
+        {
+            "metric": {"namespace": "archon-system", "persistentvolumeclaim": "model-cache"},
+            "value": [0, "53471051776"],
+        }
+    ],
+    'kubelet_volume_stats_capacity_bytes{namespace="archon-system",persistentvolumeclaim="model-cache"}': [
+        {
+            "metric": {"namespace": "archon-system", "persistentvolumeclaim": "model-cache"},
+            "value": [0, "53687091200"],
+        }
+    ],
+}
+
+
+def disk_full_with_stats() -> k.InMemoryCluster:
+    status = k.crashlooping("vllm", 1)
+    pod = model_pod(phase="Running", ready=False, age_minutes=25, statuses=[status])
+    return cluster(
+        [pod], logs={(POD, "vllm", True): log("disk-full-hf.log")}, prometheus=VOLUME_STATS
+    )
+
+
+def evicted() -> k.InMemoryCluster:
+    pod = model_pod(phase="Failed", ready=False, age_minutes=300, statuses=[])
+    pod["status"].update(reason="Evicted", message=EVICTED)
+    replacement = model_pod(name=NEW_POD, age_minutes=20)
+    return cluster([pod, replacement])
+
+
+def probe_on_wrong_port() -> k.InMemoryCluster:
+    pod = model_pod(phase="Running", ready=False, age_minutes=6)
+    pod["spec"]["containers"][0]["startupProbe"]["httpGet"]["port"] = 8080
+    return cluster([pod], events=[k.event("Pod", POD, "Unhealthy", PROBE_8080, count=31)])
+
+
+def rolling_update() -> k.InMemoryCluster:
+    """A fork with RollingUpdate on two GPUs: the old pod serves, the new one loads (its
+    startup probe fails, as it must, until vLLM listens)."""
+    old = model_pod(age_minutes=2000)
+    new = model_pod(
+        name=NEW_POD, phase="Running", ready=False, age_minutes=4, node_name="gpu-node-2"
+    )
+    new["status"]["containerStatuses"][0]["started"] = False
+    return cluster(
+        [old, new],
+        events=[k.event("Pod", NEW_POD, "Unhealthy", PROBE_8000, count=18)],
+        logs={
+            (
+                NEW_POD,
+                "vllm",
+                False,
+            ): "downloading Qwen/Qwen2.5-Coder-14B-Instruct-GPTQ-Int4: 40.2% (4.01 GB/9.98 GB) 48.0 MB/s ETA 2m04s\n"
+        },
+    )
+
+
+def other_apps_failing() -> k.InMemoryCluster:
+    """Failing pods that are not the model server: another team's notebook that cannot pull,
+    the agent crash-looping next to it, an evicted batch job."""
+    notebook = k.pod(
+        "jupyter-0",
+        namespace="ml",
+        labels={"app": "notebook"},
+        ready=False,
+        phase="Pending",
+        statuses=[
+            waiting(
+                "notebook",
+                "ImagePullBackOff",
+                'Back-off pulling image "jupyter/scipy-notebook:2026-13-01"',
+            )
+        ],
+    )
+    agent = k.pod(
+        "archon-agent-5c9d7b8f6d-m2p4x",
+        labels={"app.kubernetes.io/name": "archon-agent"},
+        gpu=False,
+        ready=False,
+        statuses=[k.crashlooping("agent", 1)],
+    )
+    job = k.pod(
+        "etl-29384756-abcde",
+        namespace="batch",
+        labels={"job-name": "etl-29384756"},
+        gpu=False,
+        phase="Failed",
+        ready=False,
+        statuses=[],
+    )
+    job["status"].update(reason="Evicted", message=EVICTED)
+    return cluster(
+        [model_pod(age_minutes=600), notebook, agent, job],
+        logs={("archon-agent-5c9d7b8f6d-m2p4x", "agent", True): "Traceback...\nKeyError: 'x'\n"},
+    )
+
+
+ARCHON_GATED = (
+    "archon: error: llm_model 'meta-llama/Llama-3.1-8B-Instruct': a gated repository (HTTP 401 "
+    "GatedRepo); accept its conditions on the hub, then set HF_TOKEN (the hf-token Secret)\n"
+)
+ARCHON_DISK = (
+    "archon: error: llm_model 'Qwen/Qwen2.5-Coder-14B-Instruct-GPTQ-Int4': needs 9.98 GB more but "
+    "/models/hub has 2.10 GB free; give the model cache (PVC model-cache) more room or delete old "
+    "models in it\n"
+)
+
+CASES: dict[str, tuple[Callable[[], k.InMemoryCluster], list[tuple[str, str, str]]]] = {
+    "image-tag-not-found": (
+        lambda: pull_failure(
+            waiting("vllm", "ImagePullBackOff", BACKOFF, "vllm/vllm-openai:v0.32.1"), TAG_NOT_FOUND
+        ),
+        [
+            (
+                "containers",
+                "ImagePullBackOff: no such image or tag",
+                "now 'vllm/vllm-openai:v0.32.1'",
+            )
+        ],
+    ),
+    "image-private-registry": (
+        lambda: pull_failure(
+            waiting("vllm", "ErrImagePull", UNAUTHORIZED, PRIVATE),
+            f'Failed to pull image "{PRIVATE}": {UNAUTHORIZED}',
+        ),
+        [("containers", "ErrImagePull: the registry refused the pull", f"registry of {PRIVATE}")],
+    ),
+    "image-never-pull": (
+        lambda: cluster(
+            [
+                model_pod(
+                    phase="Pending",
+                    ready=False,
+                    age_minutes=3,
+                    init_statuses=[
+                        waiting(
+                            "preflight",
+                            "ErrImageNeverPull",
+                            NEVER_PULL,
+                            "ghcr.io/archon-platform/archon:0.1.0",
+                        )
+                    ],
+                    statuses=[waiting("vllm", "PodInitializing", "")],
+                )
+            ]
+        ),
+        [("containers", "ErrImageNeverPull", "imagePullPolicy: IfNotPresent")],
+    ),
+    "configmap-key-missing": (
+        lambda: cluster(
+            [
+                model_pod(
+                    phase="Pending",
+                    ready=False,
+                    age_minutes=3,
+                    statuses=[waiting("vllm", "CreateContainerConfigError", MISSING_KEY)],
+                )
+            ]
+        ),
+        [
+            (
+                "containers",
+                "key llm_model missing in ConfigMap vllm-config-b6t4m9447h",
+                "manifests/model-server/configmap.yaml",
+            )
+        ],
+    ),
+    "secret-missing": (
+        lambda: cluster(
+            [
+                model_pod(
+                    phase="Pending",
+                    ready=False,
+                    age_minutes=3,
+                    statuses=[waiting("vllm", "CreateContainerConfigError", MISSING_SECRET)],
+                )
+            ]
+        ),
+        [
+            (
+                "containers",
+                "secret vllm-api-key not found",
+                "kubectl create secret generic vllm-api-key",
+            )
+        ],
+    ),
+    "nvidia-runtime-broken": (
+        lambda: cluster(
+            [
+                model_pod(
+                    phase="Running",
+                    ready=False,
+                    age_minutes=3,
+                    statuses=[waiting("vllm", "RunContainerError", NVIDIA_HOOK)],
+                )
+            ]
+        ),
+        [("containers", "NVIDIA container runtime failed on gpu-node-1", "nvidia-smi")],
+    ),
+    "evicted-disk-pressure": (
+        evicted,
+        [("containers", "Pod evicted (ephemeral-storage)", "crictl rmi --prune")],
+    ),
+    "probe-wrong-port": (
+        probe_on_wrong_port,
+        [
+            (
+                "containers",
+                "startupProbe of vllm targets port 8080",
+                "startupProbe.httpGet.port to http",
+            )
+        ],
+    ),
+    "oomkilled": (
+        lambda: crashing(
+            137,
+            "INFO 11-26 11:52:10 [default_loader.py:262] Loading weights took 41.20 seconds\n",
+            reason="OOMKilled",
+        ),
+        [
+            (
+                "crashloop",
+                "OOMKilled",
+                "limits.memory (32Gi; request 16Gi) - host memory, not the GPU's",
+            )
+        ],
+    ),
+    "vllm-max-model-len": (
+        lambda: crashing(1, log("vllm-max-model-len.log"), max_model_len="65536"),
+        [
+            (
+                "crashloop",
+                "max_model_len above the model's context",
+                "set max_model_len to 32768 or less (now 65536)",
+            )
+        ],
+    ),
+    "vllm-quantization": (
+        lambda: crashing(1, log("vllm-quantization-mismatch.log"), quantization="awq"),
+        [
+            (
+                "crashloop",
+                "quantization does not match the checkpoint",
+                "set quantization to gptq (now awq)",
+            )
+        ],
+    ),
+    "vllm-tensor-parallel": (
+        lambda: crashing(1, log("vllm-world-size.log"), tensor_parallel_size="2"),
+        [
+            (
+                "crashloop",
+                "tensor_parallel_size larger than the GPUs",
+                "set tensor_parallel_size to 1 (now 2)",
+            )
+        ],
+    ),
+    "hub-gated-no-access": (
+        lambda: crashing(1, log("hub-gated-403.log"), llm_model="meta-llama/Meta-Llama-3-8B"),
+        [
+            (
+                "crashloop",
+                "gated model",
+                "request it on https://huggingface.co/meta-llama/Meta-Llama-3-8B",
+            )
+        ],
+    ),
+    "hub-gated-no-token": (
+        lambda: crashing(1, log("hub-gated-401.log"), llm_model="black-forest-labs/FLUX.1-dev"),
+        [("crashloop", "gated model", "create the Secret hf-token (key token)")],
+    ),
+    "hub-gated-archon": (
+        lambda: crashing(4, ARCHON_GATED, llm_model="meta-llama/Llama-3.1-8B-Instruct"),
+        [("crashloop", "gated model", "create the Secret hf-token (key token)")],
+    ),
+    "disk-full-volume-stats": (
+        disk_full_with_stats,
+        [
+            (
+                "crashloop",
+                "model cache full",
+                "the PVC model-cache holds 49.8 of 50.0 GiB (100%, kubelet_volume_stats from Prometheus)",
+            )
+        ],
+    ),
+    "disk-full-archon": (
+        lambda: crashing(8, ARCHON_DISK),
+        [
+            (
+                "crashloop",
+                "model cache full",
+                "the PVC model-cache is 50Gi; the download needed 9.98 GB more, /models/hub had 2.10 GB free",
+            )
+        ],
+    ),
+    "gpu-node-lost": (
+        gpu_node_lost,
+        [("gpu-node", "GPU node gpu-node-1 is lost (NotReady)", "kubectl cordon gpu-node-1")],
+    ),
+    "gpu-fell-off-the-bus": (
+        gpu_fell_off_the_bus,
+        [("gpu-node", "GPU on node gpu-node-1 is unhealthy", "Xid 79")],
+    ),
+    # ---- nothing of ours is wrong ----
+    "rolling-update": (rolling_update, []),
+    "other-apps-failing": (other_apps_failing, []),
+}
+
+
+def _run(
+    tmp_path: Path, build: Callable[[], k.InMemoryCluster], name: str
+) -> tuple[int, list[dict[str, Any]]]:
+    dump = tmp_path / name
+    diagnose(
+        Scope(
+            RecordingCluster(
+                build(), dump, namespace=k.NS, selector="app=vllm", configmap="vllm-config"
+            ),
+            k.NS,
+            "app=vllm",
+            "vllm-config",
+        )
+    )
+    result = run_cli("doctor", "--from", str(dump), "--json")
+    return result.returncode, json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_dump_names_the_cause_and_the_object_to_fix(tmp_path: Path, case: str) -> None:
+    build, expected = CASES[case]
+    code, findings = _run(tmp_path, build, case)
+    got = [(f["check"], f["title"], f["fix"]) for f in findings]
+    assert code == (1 if expected else 0), got
+    assert len(got) == len(expected), got
+    for (check, title, fix_part), (g_check, g_title, g_fix) in zip(expected, got, strict=True):
+        assert g_check == check, got
+        assert title in g_title, g_title
+        assert fix_part in g_fix, g_fix
+    for f in findings:
+        assert all(f["evidence"]), f
+
+
+def _evidence(case: str) -> str:
+    (finding,) = diagnose(Scope(CASES[case][0](), k.NS, "app=vllm", "vllm-config"))
+    return "\n".join(finding.evidence)
+
+
+def test_evidence_quotes_the_cluster() -> None:
+    assert "docker.io/vllm/vllm-openai:v0.32.1: not found" in _evidence("image-tag-not-found")
+    assert "Kubelet stopped posting node status." in _evidence("gpu-node-lost")
+    lost = _evidence("gpu-node-lost")
+    assert f"pod {POD} on gpu-node-1: Terminating since" in lost
+    assert f"pod {NEW_POD}: Pending, waiting for a GPU" in lost
+    bus = _evidence("gpu-fell-off-the-bus")
+    assert "nvidia.com/gpu allocatable 0 of capacity 1" in bus
+    assert "XidCriticalError: Xid=79" in bus
+    assert "OOMKilled (exit code 137" in _evidence("oomkilled")
+    assert "User-specified max_model_len (65536)" in _evidence("vllm-max-model-len")
+    assert "not in the authorized list" in _evidence("hub-gated-no-access")
+    assert "PVC model-cache: 49.8 GiB used of 50.0 GiB" in _evidence("disk-full-volume-stats")
+    assert PROBE_8080 in _evidence("probe-wrong-port")
+
+
+def _live(tmp_path: Path, cluster: k.InMemoryCluster) -> tuple[int, list[dict[str, Any]]]:
+    api = k.FakeAPIServer(cluster)
+    try:
+        result = run_cli(
+            "doctor", "--json", env={"KUBECONFIG": str(api.kubeconfig(tmp_path / "kubeconfig"))}
+        )
+    finally:
+        api.stop()
+    return result.returncode, json.loads(result.stdout or "[]")
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "image-private-registry",
+        "gpu-node-lost",
+        "vllm-max-model-len",
+        "oomkilled",
+        "rolling-update",
+    ],
+)
+def test_live_path_through_the_kubernetes_client(tmp_path: Path, case: str) -> None:
+    build, expected = CASES[case]
+    code, findings = _live(tmp_path, build())
+    assert code == (1 if expected else 0), findings
+    assert [(f["check"], expected[i][1] in f["title"]) for i, f in enumerate(findings)] == [
+        (c, True) for c, _, _ in expected
+    ]
