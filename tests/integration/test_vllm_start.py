@@ -4,6 +4,10 @@ with a stand-in `python3` on PATH where vLLM would be exec'd.
 
 What the operations guide promises: `kubectl logs -l app=vllm -f` shows the download's progress
 (the vllm container logs it), and `--previous` after a failed pull shows the reason.
+
+Each run goes twice: under Archon's Python and under .venv-vllm's (`make vllm-venv`: vLLM 0.32.0
+and the huggingface_hub it brings, the packages of the pinned vllm/vllm-openai image), so the
+download and the exec meet the library versions they will meet in the pod.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from tests.integration.test_manifests import ROOT, find, kustomize, vllm_config
 from tests.support import fake_hub
 
 REPO = "Qwen/Qwen2.5-Coder-14B-Instruct-GPTQ-Int4"
+VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
+CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
 # Larger than huggingface_hub's 10 MB read chunk, so bytes reach the disk while it downloads.
 WEIGHTS = os.urandom(24 * 1024 * 1024)
 STUB = """#!/bin/sh
@@ -82,6 +88,19 @@ def test_the_container_runs_the_mounted_script_then_vllm(built: dict[str, Any]) 
     assert set(imports) - set(sys.stdlib_module_names) == {"huggingface_hub"}
 
 
+@pytest.fixture(params=["archon", "vllm"])
+def python(request: pytest.FixtureRequest) -> str:
+    """The interpreter that runs the script: Archon's, or the vLLM venv's."""
+    if request.param == "archon":
+        return sys.executable
+    if not VLLM_PYTHON.exists():
+        reason = f"{VLLM_PYTHON} is missing: `make vllm-venv` makes it"
+        if CI:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return str(VLLM_PYTHON)
+
+
 def _hub(**kwargs: Any) -> fake_hub.FakeHub:
     files = fake_hub.load_tree(fake_hub.MODEL_FACTS)
     files[f"{REPO}/model.safetensors"] = fake_hub.HubFile(WEIGHTS)
@@ -95,9 +114,10 @@ def _closed_port_url() -> str:
 
 
 def run_start(
-    built: dict[str, Any], tmp_path: Path, endpoint: str, **env: str
+    built: dict[str, Any], tmp_path: Path, endpoint: str, python: str, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    """The container's command line and environment, with the cache and /run/archon in tmp."""
+    """The container's command line and environment, with the cache and /run/archon in tmp,
+    run by ``python``."""
     vllm, mount = built["vllm"], built["mount"]
     scripts = tmp_path / "opt-archon"
     scripts.mkdir(exist_ok=True)
@@ -119,7 +139,7 @@ def run_start(
     pod_env["HF_HOME"] = str(tmp_path / "models")
     pod_env["HOME"] = str(tmp_path)
     base = {k: v for k, v in os.environ.items() if not k.startswith(("ARCHON_", "HF_"))}
-    command = [sys.executable, vllm["command"][1].replace(mount["mountPath"], str(scripts))]
+    command = [python, vllm["command"][1].replace(mount["mountPath"], str(scripts))]
     return subprocess.run(
         [*command, *vllm["args"]],
         capture_output=True,
@@ -138,11 +158,11 @@ def run_start(
 
 
 def test_first_start_logs_progress_then_execs_vllm_and_a_restart_needs_no_hub(
-    built: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    built: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, python: str
 ) -> None:
     hub = _hub(bytes_per_s=8e6)
     try:
-        result = run_start(built, tmp_path, hub.url)
+        result = run_start(built, tmp_path, hub.url, python)
     finally:
         hub.stop()
     assert result.returncode == 0, result.stdout + result.stderr
@@ -167,20 +187,22 @@ def test_first_start_logs_progress_then_execs_vllm_and_a_restart_needs_no_hub(
     assert models.cached_repo(models.HubRepo(REPO, "main")) == snapshot / fake_hub.COMMIT
 
     # A restart (the hub now unreachable) starts vLLM at once from the cache.
-    again = run_start(built, tmp_path, _closed_port_url())
+    again = run_start(built, tmp_path, _closed_port_url(), python)
     assert again.returncode == 0, again.stderr
     assert f"llm_model {REPO} is already available" in again.stdout
     assert not PROGRESS.findall(again.stdout)
     assert "STUB-EXEC" in again.stdout
 
 
-def test_a_dropped_connection_is_retried(built: dict[str, Any], tmp_path: Path) -> None:
+def test_a_dropped_connection_is_retried(
+    built: dict[str, Any], tmp_path: Path, python: str
+) -> None:
     """The transfer breaks once: the download goes on (huggingface_hub < 1, as in the vLLM
     image, resumes the .incomplete blob with a Range request; newer releases may restart the
     file) and vLLM starts."""
     hub = _hub(drop_after=1024 * 1024)
     try:
-        result = run_start(built, tmp_path, hub.url)
+        result = run_start(built, tmp_path, hub.url, python)
     finally:
         hub.stop()
     assert result.returncode == 0, result.stdout + result.stderr
@@ -203,7 +225,7 @@ def test_a_dropped_connection_is_retried(built: dict[str, Any], tmp_path: Path) 
     ],
 )
 def test_a_failed_start_ends_with_its_reason_and_exit_code(
-    built: dict[str, Any], tmp_path: Path, case: str, code: int, words: list[str]
+    built: dict[str, Any], tmp_path: Path, case: str, code: int, words: list[str], python: str
 ) -> None:
     """What `kubectl logs -l app=vllm --previous` shows after each kind of failed start."""
     hub = _hub()
@@ -226,7 +248,7 @@ def test_a_failed_start_ends_with_its_reason_and_exit_code(
             '{"exit_code": 5, "message": "llm_model \'Qwen/...\' needs 14.2 GiB per GPU"}'
         )
     try:
-        result = run_start(built, tmp_path, endpoint, **env)
+        result = run_start(built, tmp_path, endpoint, python, **env)
     finally:
         hub.stop()
     assert result.returncode == code, result.stdout + result.stderr
