@@ -616,3 +616,128 @@ def test_live_path_through_the_kubernetes_client(tmp_path: Path, case: str) -> N
     assert [(f["check"], expected[i][1] in f["title"]) for i, f in enumerate(findings)] == [
         (c, True) for c, _, _ in expected
     ]
+
+
+CUDA_OOM = (
+    "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1.02 GiB. GPU 0 has a total "
+    "capacity of 15.57 GiB of which 412.06 MiB is free. Including non-PyTorch memory, this process "
+    "has 15.16 GiB memory in use. Of the allocated memory 14.21 GiB is allocated by PyTorch, and "
+    "512.33 MiB is reserved by PyTorch but unallocated.\n"
+)
+
+
+def in_namespace(obj: dict[str, Any], namespace: str) -> dict[str, Any]:
+    obj["metadata"]["namespace"] = namespace
+    return obj
+
+
+def one_server_per_gpu() -> k.InMemoryCluster:
+    """The guide's scaling: a copy of manifests/model-server/ per GPU, one namespace each. One
+    serves, one crash-loops on CUDA OOM with its own ConfigMap values, one cannot pull."""
+    objects = k.real_cluster()
+    objects["nodes"] = [
+        *objects["nodes"],
+        k.node("gpu-node-2", taints=[k.GPU_TAINT]),
+        k.node("gpu-node-3", taints=[k.GPU_TAINT]),
+    ]
+    serving = model_pod(name="vllm-7c4d9f8b6-a1b2c", namespace="archon-gpu-0", age_minutes=3000)
+    oom = k.crashlooping("vllm", 1)
+    crashing_pod = model_pod(
+        name="vllm-5f6e7d8c9-d3e4f",
+        namespace="archon-gpu-1",
+        phase="Running",
+        ready=False,
+        age_minutes=20,
+        statuses=[oom],
+        node_name="gpu-node-2",
+    )
+    pulling = model_pod(
+        name="vllm-8a9b0c1d2-g5h6i",
+        namespace="archon-gpu-2",
+        phase="Pending",
+        ready=False,
+        age_minutes=12,
+        node_name="gpu-node-3",
+        statuses=[waiting("vllm", "ImagePullBackOff", BACKOFF, "vllm/vllm-openai:v0.32.1")],
+    )
+    pulling["spec"]["containers"][0]["image"] = "vllm/vllm-openai:v0.32.1"
+    objects["pods"] = [serving, crashing_pod, pulling, *objects["pods"][1:]]
+    objects["configmaps"] = [
+        in_namespace(k.configmap(), "archon-gpu-0"),
+        in_namespace(
+            k.configmap(gpu_memory_utilization="0.95", max_model_len="16384"), "archon-gpu-1"
+        ),
+        in_namespace(k.configmap(), "archon-gpu-2"),
+    ]
+    objects["persistentvolumeclaims"] = [
+        in_namespace(k.pvc(), ns) for ns in ("archon-gpu-0", "archon-gpu-1", "archon-gpu-2")
+    ]
+    objects["events"] = [
+        k.event(
+            "Pod",
+            "vllm-8a9b0c1d2-g5h6i",
+            "Failed",
+            TAG_NOT_FOUND,
+            count=4,
+            namespace="archon-gpu-2",
+        )
+    ]
+    return k.InMemoryCluster(objects, logs={("vllm-5f6e7d8c9-d3e4f", "vllm", True): CUDA_OOM})
+
+
+def test_each_model_server_is_diagnosed_on_its_own(tmp_path: Path) -> None:
+    """--namespace '*': every namespace with model-server pods, each with its own ConfigMap;
+    the dump replays the same."""
+    dump = tmp_path / "all"
+    diagnose(
+        Scope(
+            RecordingCluster(
+                one_server_per_gpu(),
+                dump,
+                namespace="*",
+                selector="app=vllm",
+                configmap="vllm-config",
+            ),
+            "*",
+            "app=vllm",
+            "vllm-config",
+        )
+    )
+    result = run_cli("doctor", "--from", str(dump), "--json")
+    findings = json.loads(result.stdout)
+    assert result.returncode == 1
+    got = [(f["namespace"], f["title"]) for f in findings]
+    assert got == [
+        ("archon-gpu-1", "archon-gpu-1: CrashLoopBackOff: CUDA out of memory"),
+        ("archon-gpu-2", "archon-gpu-2: ImagePullBackOff: no such image or tag"),
+    ], got
+    # archon-gpu-1's own values (0.95, 16384), not another namespace's ConfigMap.
+    assert "gpu_memory_utilization to 0.90 (now 0.95)" in findings[0]["fix"]
+    assert "max_model_len to 8192 (now 16384)" in findings[0]["fix"]
+
+    api = k.FakeAPIServer(one_server_per_gpu())
+    try:
+        live = run_cli(
+            "doctor",
+            "--namespace",
+            "*",
+            "--json",
+            env={"KUBECONFIG": str(api.kubeconfig(tmp_path / "kubeconfig"))},
+        )
+    finally:
+        api.stop()
+    assert json.loads(live.stdout) == findings
+
+
+def test_a_list_of_namespaces_and_an_empty_cluster(tmp_path: Path) -> None:
+    only = diagnose(
+        Scope(one_server_per_gpu(), "archon-gpu-0,archon-gpu-2", "app=vllm", "vllm-config")
+    )
+    assert [f.title for f in only] == ["archon-gpu-2: ImagePullBackOff: no such image or tag"]
+    objects = k.real_cluster()
+    objects["pods"] = objects["pods"][1:]
+    (none,) = diagnose(Scope(k.InMemoryCluster(objects), "*", "app=vllm", "vllm-config"))
+    assert (none.severity, none.title) == (
+        "warning",
+        "No model server found: no pod matches app=vllm in any namespace",
+    )

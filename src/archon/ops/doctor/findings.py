@@ -10,12 +10,14 @@ Severity = Literal["error", "warning"]
 
 @dataclass
 class Finding:
-    check: str  # prerequisites | pending | crashloop | slow-loading | latency | access
+    check: str  # prerequisites | gpu-node | pending | containers | crashloop | slow-loading |
+    # latency | access
     severity: Severity
     title: str
     fix: str
     evidence: list[str] = field(default_factory=list)
     runbook: str | None = None
+    namespace: str | None = None  # the model server's namespace; None for cluster-wide
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -28,7 +28,10 @@ class Scope:
         *,
         purpose: str,
     ) -> list[dict[str, Any]] | None:
-        """The objects, or None when RBAC refuses the read: unknown is not the same as none."""
+        """The objects, or None when RBAC refuses the read: unknown is not the same as none.
+
+        Namespace "*" (`--namespace '*'`) reads every namespace."""
+        namespace = None if namespace == "*" else namespace
         try:
             return self.source.list(kind, namespace, selector)
         except Forbidden as exc:
