@@ -529,12 +529,15 @@ def test_the_agent_starts_with_the_pods_environment(tmp_path: Path) -> None:
         assert hashed.stdout.strip() == digest
     keys = tmp_path / "api-keys"
     keys.write_text(f"# the Secret archon-agent-api-keys holds digests only\n{digest}\n")
+    kb_token = tmp_path / "kb-token"  # the Secret archon-kb-service-token's file
+    kb_token.write_text("kb-service-token\n")
     port = free_port()
     env.update(
         {
             "ARCHON_AGENT_HOST": "127.0.0.1",
             "ARCHON_AGENT_PORT": str(port),
             "ARCHON_AGENT_API_KEYS_FILE": str(keys),
+            "ARCHON_AGENT_KB_TOKEN_FILE": str(kb_token),
             "ARCHON_AGENT_upstreams": f"http://127.0.0.1:{free_port()}",
             "ARCHON_AGENT_kb_url": f"http://127.0.0.1:{free_port()}",
             "ARCHON_AGENT_health_interval": "0.5",
