@@ -741,3 +741,91 @@ def test_a_list_of_namespaces_and_an_empty_cluster(tmp_path: Path) -> None:
         "warning",
         "No model server found: no pod matches app=vllm in any namespace",
     )
+
+
+# The Kubernetes docs' "default deny all egress traffic" policy (concepts/services-networking/
+# network-policies, "Default policies"), and the DNS exception teams add next to it.
+DEFAULT_DENY_EGRESS = {
+    "apiVersion": "networking.k8s.io/v1",
+    "kind": "NetworkPolicy",
+    "metadata": {"name": "default-deny-egress", "namespace": k.NS, "creationTimestamp": k.ts(900)},
+    "spec": {"podSelector": {}, "policyTypes": ["Egress"]},
+}
+ALLOW_DNS = {
+    "apiVersion": "networking.k8s.io/v1",
+    "kind": "NetworkPolicy",
+    "metadata": {"name": "allow-dns", "namespace": k.NS, "creationTimestamp": k.ts(900)},
+    "spec": {
+        "podSelector": {},
+        "policyTypes": ["Egress"],
+        "egress": [
+            {
+                "to": [
+                    {
+                        "namespaceSelector": {
+                            "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
+                        }
+                    }
+                ],
+                "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}],
+            }
+        ],
+    },
+}
+# What manifests/model-server/vllm-start.py prints when the hub cannot be reached (exit 7).
+ARCHON_UNREACHABLE = (
+    "archon: error: llm_model 'Qwen/Qwen2.5-Coder-14B-Instruct-GPTQ-Int4': the hub at "
+    "https://huggingface.co is unreachable or the transfer kept failing (ConnectTimeout: timed "
+    "out); check the network, HF_ENDPOINT or a proxy\n"
+)
+
+
+def the_shipped_policy() -> dict[str, Any]:
+    import yaml
+
+    policy = yaml.safe_load(
+        (
+            Path(__file__).resolve().parents[2] / "manifests/model-server/networkpolicy.yaml"
+        ).read_text()
+    )
+    policy["metadata"].update(namespace=k.NS, creationTimestamp=k.ts(900))
+    return policy
+
+
+def egress_cut(*policies: dict[str, Any]) -> k.InMemoryCluster:
+    build = crashing(7, ARCHON_UNREACHABLE)
+    build.objects["networkpolicies"] = list(policies)
+    return build
+
+
+@pytest.mark.parametrize(
+    ("policies", "title"),
+    [
+        ((DEFAULT_DENY_EGRESS, ALLOW_DNS), "model download blocked by a NetworkPolicy"),
+        ((DEFAULT_DENY_EGRESS,), "model download blocked by a NetworkPolicy"),
+        # The manifests' own policy next to a default deny: HTTPS and DNS are allowed; the
+        # cause is elsewhere (a proxy, the hub itself).
+        ((DEFAULT_DENY_EGRESS, "shipped"), "model download failed"),
+    ],
+)
+def test_a_network_policy_cutting_the_hub_is_named(
+    tmp_path: Path, policies: tuple, title: str
+) -> None:
+    objects = [the_shipped_policy() if p == "shipped" else p for p in policies]
+    code, findings = _run(tmp_path, lambda: egress_cut(*objects), "egress")
+    assert code == 1
+    (finding,) = findings
+    assert finding["title"] == f"CrashLoopBackOff: {title}"
+    evidence = "\n".join(finding["evidence"])
+    if "blocked" in title:
+        assert "allow no egress to TCP 443 outside the cluster" in evidence
+        assert ("allow(s) no DNS" in evidence) == (ALLOW_DNS not in policies)
+        assert "TCP 443" in finding["fix"]
+
+
+def test_live_network_policies_through_the_kubernetes_client(tmp_path: Path) -> None:
+    code, findings = _live(tmp_path, egress_cut(DEFAULT_DENY_EGRESS, ALLOW_DNS))
+    assert code == 1
+    assert [f["title"] for f in findings] == [
+        "CrashLoopBackOff: model download blocked by a NetworkPolicy"
+    ]

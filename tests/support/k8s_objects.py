@@ -649,6 +649,10 @@ class FakeAPIServer:
                 selector = query.get("labelSelector")
                 if url.path in api.PATHS:
                     return self._list(api.PATHS[url.path], None, selector)
+                # /apis/{group}/{version}/namespaces/{ns}/{kind}: a namespaced list of an API
+                # group (networkpolicies, deployments in one namespace).
+                if len(parts) == 6 and parts[0] == "apis" and parts[3] == "namespaces":
+                    return self._list(parts[5], parts[4], selector)
                 # /api/v1/namespaces/{ns}/{kind}[/{name}[/log|/proxy/...]]
                 if len(parts) >= 5 and parts[2] == "namespaces":
                     ns, kind = parts[3], parts[4]

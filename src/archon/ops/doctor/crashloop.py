@@ -16,7 +16,7 @@ from archon.errors import (
     NetworkError,
 )
 from archon.modelserver.settings import parse_bytes
-from archon.ops.doctor import causes
+from archon.ops.doctor import causes, egress
 from archon.ops.doctor.findings import Finding
 from archon.ops.doctor.nodes import lost_gpu_nodes
 from archon.ops.doctor.scope import EPOCH, Scope, container_statuses, event_time, name
@@ -78,6 +78,7 @@ def check(scope: Scope) -> list[Finding]:
                     reason=last.get("reason"),
                     memory=_memory(pod, container),
                     usage=functools.partial(model_cache_usage, scope, pod),
+                    network=functools.partial(egress.blocked, scope, pod),
                     probe_kills=_probe_kills(scope, name(pod), container),
                 )
             )
@@ -160,6 +161,7 @@ def classify(
     reason: str | None = None,
     memory: tuple[str, str] = ("?", "none"),
     usage: Callable[[], tuple[list[str], str]] | None = None,
+    network: Callable[[], list[str]] | None = None,
     probe_kills: list[str] | None = None,
 ) -> Finding:
     where = f"{pod} container {container} (exit code {exit_code}, {restarts} restarts)"
@@ -181,6 +183,11 @@ def classify(
     for pattern, code, cause_text, fix in LOGGED:
         if pattern.search(log) or exit_code == code:
             line = next((x for x in _tail(log, 40) if pattern.search(x)), last[0] if last else "")
+            cut = network() if network is not None and pattern is DOWNLOAD else []
+            if cut:
+                return _finding(
+                    "model download blocked by a NetworkPolicy", egress.FIX, [where, line, *cut]
+                )
             return _finding(cause_text, fix(settings), [where, line])
     if probe_kills:
         return _finding(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from archon.ops.doctor import egress
 from archon.ops.doctor.containers import PULL, START
 from archon.ops.doctor.findings import Finding
 from archon.ops.doctor.nodes import lost_gpu_nodes
@@ -110,6 +111,16 @@ def _progress(scope: Scope, pod: dict[str, Any], evidence: list[str]) -> Finding
                 "Expected for a first download (15-30 min for ~10 GB). If the speed is low, "
                 "check the node's network; the download resumes if the pod restarts.",
                 [*evidence, f"{downloader}: {lines[-1]}"],
+                RUNBOOK,
+            )
+        cut = egress.blocked(scope, pod)
+        if cut:
+            return Finding(
+                "slow-loading",
+                "error",
+                "Model download blocked by a NetworkPolicy",
+                egress.FIX,
+                [*evidence, *cut, *[x for x in log.strip().splitlines()[-2:] if x]],
                 RUNBOOK,
             )
         return Finding(

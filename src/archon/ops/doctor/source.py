@@ -30,6 +30,7 @@ KINDS = (
     "configmaps",
     "replicasets",
     "storageclasses",
+    "networkpolicies",
 )
 
 
@@ -116,6 +117,10 @@ class LiveCluster:
             "replicasets": (
                 self._apps.list_namespaced_replica_set,
                 self._apps.list_replica_set_for_all_namespaces,
+            ),
+            "networkpolicies": (
+                self._net.list_namespaced_network_policy,
+                self._net.list_network_policy_for_all_namespaces,
             ),
         }
         cluster = {
