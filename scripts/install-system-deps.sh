@@ -13,6 +13,14 @@ declare -A NEED=(
   [promtool]=prometheus  # alert rule tests and the Prometheus the monitoring tests scrape with
   [chromium]=chromium    # the headless browser the agent chat-page test drives (via playwright)
   [redis-server]=redis-server  # the agent's shared limits store, started by its tests
+  # The `archon` image (scripts/build-image.sh, tests/integration/test_image.py): podman builds
+  # and runs it, mmdebstrap makes its Debian base without an image registry, runc is the runtime
+  # that starts containers where crun (podman's default pick) cannot, uidmap maps the image's
+  # non-root user.
+  [podman]=podman
+  [mmdebstrap]=mmdebstrap
+  [runc]=runc
+  [newuidmap]=uidmap
 )
 missing=()
 for cmd in "${!NEED[@]}"; do

@@ -147,8 +147,10 @@ class _Native:
     ) -> _Native:
         import llama_cpp
 
+        from archon.modelserver.engines.llamacpp_backends import load_cpu_backend
         from archon.modelserver.engines.llamacpp_native import use_repack
 
+        load_cpu_backend()  # the image's CPU variants (GGML_BACKEND_DL); see llamacpp_backends
         llama_cpp.llama_backend_init()
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = 0

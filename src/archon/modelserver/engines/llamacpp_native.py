@@ -14,6 +14,7 @@ from typing import Any
 
 from archon.errors import InvalidRequestError, ModelLoadError
 from archon.modelserver.chat_template import ChatTemplate
+from archon.modelserver.engines.llamacpp_backends import load_cpu_backend
 from archon.modelserver.engines.llamacpp_sampling import Vocabulary
 from archon.modelserver.settings import CpuRepack
 
@@ -145,6 +146,7 @@ def load(
     import llama_cpp._logger as llama_logger
 
     llama_logger.set_verbose(False)
+    load_cpu_backend()  # the image's CPU variants (GGML_BACKEND_DL); see llamacpp_backends
     llama_cpp.llama_backend_init()
 
     model_params = llama_cpp.llama_model_default_params()
