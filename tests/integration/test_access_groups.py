@@ -186,7 +186,7 @@ def kb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         return resp.status_code == 200 and not resp.json()["running"] and resp.json()["last"]
 
     try:
-        wait_for(server, synced, what="synced")
+        wait_for(server, synced, timeout=900, what="synced")
         yield server
     finally:
         server.stop()

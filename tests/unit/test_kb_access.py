@@ -171,3 +171,21 @@ def test_nothing_readable_finds_nothing(indexes: dict[tuple[str, ...], MemoryInd
     # A request's own source filter narrows; it never widens what the caller may read.
     hits = whole.search(_vector(query), query, top_k=5, readable=["tekton"], sources=["prometheus"])
     assert hits == []
+
+
+def test_qdrant_search_filters_in_the_payload_filter(tmp_path: Path) -> None:
+    """The store's own search (a Qdrant server's path; here embedded Qdrant, same API): the
+    readable sources are a payload condition of both the dense and the BM25 query."""
+    store = _store(tmp_path / "q", sorted(PARAGRAPHS))
+    try:
+        query = PARAGRAPHS["argo-cd"][3][1]
+        for mode in ("dense", "bm25", "hybrid"):
+            hits = store.search(_vector(query), query, top_k=10, mode=mode, readable=["tekton"])  # type: ignore[arg-type]
+            assert hits and {h.payload["source"] for h in hits} == {"tekton"}
+            assert store.search(_vector(query), query, top_k=10, mode=mode, readable=[]) == []  # type: ignore[arg-type]
+        narrowed = store.search(
+            _vector(query), query, top_k=10, readable=["tekton", "argo-cd"], sources=["argo-cd"]
+        )
+        assert {h.payload["source"] for h in narrowed} == {"argo-cd"}
+    finally:
+        store.close()
