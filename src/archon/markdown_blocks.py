@@ -117,14 +117,13 @@ def leaf_blocks(text: str) -> list[MarkdownBlock]:
 
 
 def heading_or_fence_lines(text: str) -> set[int]:
-    """The lines that are Markdown syntax rather than content in a flat snippet: heading lines
-    (an ATX line; a setext heading's underline) and the opening and closing lines of fences."""
+    """The lines a flat snippet leaves out: headings (an ATX line; a setext heading's text and
+    underline: the heading trail shows them) and the opening and closing lines of fences."""
     lines = text.splitlines()
     out: set[int] = set()
     for block in leaf_blocks(text):
         if block.kind == "heading":
-            atx = lines[block.first_line].lstrip().startswith("#")
-            out.add(block.first_line if atx else block.last_line)
+            out.update(range(block.first_line, block.last_line + 1))
         elif block.kind == "fence":
             out.add(block.first_line)
             if block.last_line > block.first_line and lines[block.last_line].strip()[:3] in (

@@ -168,6 +168,9 @@ def test_sources_carry_a_short_snippet() -> None:
     assert sources[0]["snippet"] == "Short text."
     _, sources = augment([{"role": "user", "content": "q"}], [chunk(1, "## Off\n\nSet x.")], 6000)
     assert sources[0]["snippet"] == "Set x."  # the heading trail shows the headings
+    setext = "Sync options\n============\n\n    archon kb sync\n\nSet x."  # CommonMark's reading
+    _, sources = augment([{"role": "user", "content": "q"}], [chunk(1, setext)], 6000)
+    assert sources[0]["snippet"] == "archon kb sync Set x."
     code = "Run:\n\n```bash\narchon kb sync\n```"
     _, sources = augment([{"role": "user", "content": "q"}], [chunk(1, code)], 6000)
     assert sources[0]["snippet"] == "Run: archon kb sync"  # no fence marks in a flat snippet
