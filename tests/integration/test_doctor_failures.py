@@ -50,8 +50,12 @@ def waiting(
 
 
 def model_pod(**kw: Any) -> dict[str, Any]:
-    """The model server's pod as the manifests make it: ports and probes included."""
+    """The model server's pod as the manifests make it: ports and probes included, its
+    containers started when the pod did."""
     pod = k.pod(tolerations=[k.GPU_TOLERATION], **kw)
+    for status in pod["status"].get("containerStatuses", []):
+        if "running" in status["state"]:
+            status["state"]["running"]["startedAt"] = k.ts(kw.get("age_minutes", 120) - 1)
     vllm = pod["spec"]["containers"][0]
     vllm["ports"] = [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
     for kind, period, threshold in (
@@ -248,11 +252,53 @@ def disk_full_with_stats() -> k.InMemoryCluster:
     )
 
 
-def evicted() -> k.InMemoryCluster:
+def evicted(replacement_ready: bool = False) -> k.InMemoryCluster:
+    """Evicted for disk: the Failed pod stays listed; its replacement loads (or serves)."""
     pod = model_pod(phase="Failed", ready=False, age_minutes=300, statuses=[])
     pod["status"].update(reason="Evicted", message=EVICTED)
-    replacement = model_pod(name=NEW_POD, age_minutes=20)
+    replacement = model_pod(
+        name=NEW_POD, age_minutes=20 if replacement_ready else 3, ready=replacement_ready
+    )
     return cluster([pod, replacement])
+
+
+# pkg/kubelet/prober/prober.go (HTTP probe: "HTTP probe failed with statuscode: %d"); vLLM's
+# vllm/v1/engine/exceptions.py EngineDeadError.
+READINESS_503 = "Readiness probe failed: HTTP probe failed with statuscode: 503"
+ENGINE_DEAD = (
+    "ERROR 11-26 11:39:40 [async_llm.py:480] AsyncLLM output_handler failed.\n"
+    "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. See stack trace (above) for the root cause.\n"
+)
+
+
+def not_ready_after_serving() -> k.InMemoryCluster:
+    """Served for two days; readiness has failed for 20 minutes (the engine died)."""
+    pod = model_pod(phase="Running", ready=False, age_minutes=3000)
+    ready = next(c for c in pod["status"]["conditions"] if c["type"] == "Ready")
+    ready["lastTransitionTime"] = k.ts(20)
+    return cluster(
+        [pod],
+        events=[k.event("Pod", POD, "Unhealthy", READINESS_503, count=120)],
+        logs={(POD, "vllm", False): ENGINE_DEAD},
+    )
+
+
+# pkg/kubelet/kuberuntime: the Killing event when a probe gives up on a container.
+PROBE_KILL = "Container vllm failed startup probe, will be restarted"
+SLOW_PULL = "downloading Qwen/Qwen2.5-Coder-14B-Instruct-GPTQ-Int4: 71.3% (7.12 GB/9.98 GB) 2.4 MB/s ETA 19m52s\n"
+
+
+def killed_by_startup_probe() -> k.InMemoryCluster:
+    status = k.crashlooping("vllm", 137, restarts=2)
+    pod = model_pod(phase="Running", ready=False, age_minutes=110, statuses=[status])
+    return cluster(
+        [pod],
+        events=[
+            k.event("Pod", POD, "Unhealthy", PROBE_8000, count=300),
+            k.event("Pod", POD, "Killing", PROBE_KILL, kind="Normal", count=2),
+        ],
+        logs={(POD, "vllm", True): SLOW_PULL},
+    )
 
 
 def probe_on_wrong_port() -> k.InMemoryCluster:
@@ -528,7 +574,22 @@ CASES: dict[str, tuple[Callable[[], k.InMemoryCluster], list[tuple[str, str, str
         gpu_fell_off_the_bus,
         [("gpu-node", "GPU on node gpu-node-1 is unhealthy", "Xid 79")],
     ),
+    "not-ready-after-serving": (
+        not_ready_after_serving,
+        [
+            (
+                "not-ready",
+                f"{POD} served, and is not ready since",
+                "kubectl delete pod -n archon-system",
+            )
+        ],
+    ),
+    "killed-by-startup-probe": (
+        killed_by_startup_probe,
+        [("crashloop", "killed by a failing probe", "raise startupProbe.failureThreshold")],
+    ),
     # ---- nothing of ours is wrong ----
+    "evicted-long-ago": (lambda: evicted(replacement_ready=True), []),
     "rolling-update": (rolling_update, []),
     "other-apps-failing": (other_apps_failing, []),
 }
@@ -606,10 +667,11 @@ def _live(tmp_path: Path, cluster: k.InMemoryCluster) -> tuple[int, list[dict[st
         "gpu-node-lost",
         "vllm-max-model-len",
         "oomkilled",
-        "rolling-update",
+        "other-apps-failing",
     ],
 )
 def test_live_path_through_the_kubernetes_client(tmp_path: Path, case: str) -> None:
+    """Cases whose verdict does not hang on the pods' age: a live read takes the real clock."""
     build, expected = CASES[case]
     code, findings = _live(tmp_path, build())
     assert code == (1 if expected else 0), findings

@@ -10,6 +10,7 @@ from archon.ops.doctor import (
     latency,
     loading,
     nodes,
+    notready,
     pending,
     prerequisites,
 )
@@ -25,6 +26,7 @@ CHECKS = {
     "containers": containers.check,
     "crashloop": crashloop.check,
     "slow-loading": loading.check,
+    "not-ready": notready.check,
     "latency": latency.check,
 }
 

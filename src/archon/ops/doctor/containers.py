@@ -17,7 +17,14 @@ import re
 from typing import Any
 
 from archon.ops.doctor.findings import Finding
-from archon.ops.doctor.scope import EPOCH, Scope, container_statuses, event_time, name
+from archon.ops.doctor.scope import (
+    EPOCH,
+    Scope,
+    container_statuses,
+    event_time,
+    is_ready,
+    name,
+)
 
 RUNBOOK = "docs/runbooks/ArchonModelServerImagePull.md"
 PENDING_RUNBOOK = "docs/runbooks/ArchonModelServerPending.md"
@@ -39,9 +46,11 @@ UNREACHABLE = re.compile(
 
 def check(scope: Scope) -> list[Finding]:
     found: list[Finding] = []
-    for pod in scope.pods():
+    pods = scope.pods()
+    for pod in pods:
         if pod.get("status", {}).get("reason") == "Evicted":
-            found.append(_evicted(scope, pod))
+            if not _replaced(pod, pods):
+                found.append(_evicted(scope, pod))
             continue
         for _, status in container_statuses(pod):
             waiting = status.get("state", {}).get("waiting", {})
@@ -52,6 +61,16 @@ def check(scope: Scope) -> list[Finding]:
                 found.append(_start(scope, pod, status["name"], reason, waiting))
         found += _probe_ports(scope, pod)
     return found
+
+
+def _replaced(pod: dict[str, Any], pods: list[dict[str, Any]]) -> bool:
+    """A ready pod of the same template serves: the eviction is history (the Failed pod stays
+    listed until someone deletes it)."""
+    template = pod["metadata"].get("labels", {}).get("pod-template-hash")
+    return template is not None and any(
+        p["metadata"].get("labels", {}).get("pod-template-hash") == template and is_ready(p)
+        for p in pods
+    )
 
 
 def _spec(pod: dict[str, Any], container: str) -> dict[str, Any]:

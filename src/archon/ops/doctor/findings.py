@@ -11,7 +11,7 @@ Severity = Literal["error", "warning"]
 @dataclass
 class Finding:
     check: str  # prerequisites | gpu-node | pending | containers | crashloop | slow-loading |
-    # latency | access
+    # not-ready | latency | access
     severity: Severity
     title: str
     fix: str
