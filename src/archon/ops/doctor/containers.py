@@ -227,9 +227,11 @@ def _evicted(scope: Scope, pod: dict[str, Any]) -> Finding:
 def _probe_ports(scope: Scope, pod: dict[str, Any]) -> list[Finding]:
     """A probe whose port the container does not declare: it can never succeed."""
     found = []
-    for c in pod.get("spec", {}).get("containers", []):
+    containers = pod.get("spec", {}).get("containers", [])
+    for c in containers:
         ports = c.get("ports", []) or []
-        numbers = [p.get("containerPort") for p in ports]
+        # Containers of a pod share its network: a numeric port of another one answers too.
+        numbers = [p.get("containerPort") for x in containers for p in x.get("ports", []) or []]
         names = [p.get("name") for p in ports if p.get("name")]
         for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
             probe = c.get(kind) or {}
@@ -237,6 +239,7 @@ def _probe_ports(scope: Scope, pod: dict[str, Any]) -> list[Finding]:
             port = (probe.get(handler) or {}).get("port")
             if port is None or not ports or port in numbers or port in names:
                 continue
+            target = names[0] if names else ports[0].get("containerPort")
             declared = ", ".join(f"{p.get('name', '')} {p.get('containerPort')}" for p in ports)
             failures = [
                 e.get("message", "")
@@ -248,7 +251,7 @@ def _probe_ports(scope: Scope, pod: dict[str, Any]) -> list[Finding]:
                     "containers",
                     "error",
                     f"{kind} of {c['name']} targets port {port}, which it does not serve",
-                    f"Set {kind}.{handler}.port to {names[0] if names else numbers[0]} in "
+                    f"Set {kind}.{handler}.port to {target} in "
                     f"{DEPLOYMENT} (the container's ports: {declared})",
                     [
                         f"pod {name(pod)}: {kind} on port {port}; ports declared: {declared}",
