@@ -252,6 +252,49 @@ def disk_full_with_stats() -> k.InMemoryCluster:
     )
 
 
+# The kubelet's Summary API (k8s.io/kubelet pkg/apis/stats/v1alpha1 Summary/PodStats/VolumeStats,
+# the JSON `kubectl get --raw /api/v1/nodes/NODE/proxy/stats/summary` prints), cut to one pod.
+NODE_SUMMARY = {
+    "node": {"nodeName": "gpu-node-1", "startTime": "2026-11-19T08:00:00Z"},
+    "pods": [
+        {
+            "podRef": {"name": POD, "namespace": k.NS, "uid": f"uid-{POD}"},
+            "startTime": k.ts(25),
+            "volume": [
+                {
+                    "time": k.ts(0.2),
+                    "availableBytes": 216006656,
+                    "capacityBytes": 53687091200,
+                    "usedBytes": 53471084544,
+                    "inodesFree": 3276500,
+                    "inodes": 3276800,
+                    "inodesUsed": 300,
+                    "name": "model-cache",
+                    "pvcRef": {"name": "model-cache", "namespace": k.NS},
+                },
+                {
+                    "time": k.ts(0.2),
+                    "availableBytes": 4294901760,
+                    "capacityBytes": 4294967296,
+                    "usedBytes": 65536,
+                    "name": "tmp",
+                },
+            ],
+        }
+    ],
+}
+
+
+def disk_full_kubelet_summary() -> k.InMemoryCluster:
+    status = k.crashlooping("vllm", 1)
+    pod = model_pod(phase="Running", ready=False, age_minutes=25, statuses=[status])
+    return cluster(
+        [pod],
+        logs={(POD, "vllm", True): log("disk-full-hf.log")},
+        node_stats={"gpu-node-1": NODE_SUMMARY},
+    )
+
+
 def evicted(replacement_ready: bool = False) -> k.InMemoryCluster:
     """Evicted for disk: the Failed pod stays listed; its replacement loads (or serves)."""
     pod = model_pod(phase="Failed", ready=False, age_minutes=300, statuses=[])
@@ -556,6 +599,16 @@ CASES: dict[str, tuple[Callable[[], k.InMemoryCluster], list[tuple[str, str, str
             )
         ],
     ),
+    "disk-full-kubelet-summary": (
+        disk_full_kubelet_summary,
+        [
+            (
+                "crashloop",
+                "model cache full",
+                "the PVC model-cache holds 49.8 of 50.0 GiB (100%, the kubelet's stats/summary on gpu-node-1)",
+            )
+        ],
+    ),
     "disk-full-archon": (
         lambda: crashing(8, ARCHON_DISK),
         [
@@ -668,6 +721,7 @@ def _live(tmp_path: Path, cluster: k.InMemoryCluster) -> tuple[int, list[dict[st
         "vllm-max-model-len",
         "oomkilled",
         "other-apps-failing",
+        "disk-full-kubelet-summary",
     ],
 )
 def test_live_path_through_the_kubernetes_client(tmp_path: Path, case: str) -> None:

@@ -448,7 +448,9 @@ class InMemoryCluster:
         prometheus: dict[str, list[dict[str, Any]]] | None = None,
         forbidden: set[tuple[str, str | None]] | None = None,
         user: str = "system:serviceaccount:archon-system:default",
+        node_stats: dict[str, dict[str, Any]] | None = None,
     ):
+        self.stats = node_stats or {}
         self.objects = objects
         self.logs = logs or {}
         self.metrics = metrics or {}
@@ -480,6 +482,9 @@ class InMemoryCluster:
     def prometheus(self, query: str):
         return self.prom.get(query)
 
+    def node_stats(self, node: str):
+        return self.stats.get(node)
+
 
 class FakeArgoCD:
     """Stands in for ArgoCD's application controller: each read of an Application after a write
@@ -510,6 +515,9 @@ class FakeArgoCD:
         if health == "Degraded" and self.health_message:
             status["health"]["message"] = self.health_message
         app["status"] = status
+
+
+SUMMARY = "proxy/stats/summary"
 
 
 class FakeAPIServer:
@@ -649,6 +657,12 @@ class FakeAPIServer:
                 selector = query.get("labelSelector")
                 if url.path in api.PATHS:
                     return self._list(api.PATHS[url.path], None, selector)
+                # /api/v1/nodes/{node}/proxy/stats/summary: the kubelet's Summary API
+                if len(parts) == 7 and parts[2] == "nodes" and "/".join(parts[4:]) == SUMMARY:
+                    stats = api.cluster.node_stats(parts[3])
+                    if stats is None:
+                        return self._status(503, "ServiceUnavailable", "no kubelet")
+                    return self._send(200, stats)
                 # /apis/{group}/{version}/namespaces/{ns}/{kind}: a namespaced list of an API
                 # group (networkpolicies, deployments in one namespace).
                 if len(parts) == 6 and parts[0] == "apis" and parts[3] == "namespaces":

@@ -61,6 +61,11 @@ class ClusterSource(Protocol):
         """An instant query's result vector, or None when no Prometheus is reachable."""
         ...
 
+    def node_stats(self, node: str) -> dict[str, Any] | None:
+        """The kubelet's Summary API of a node (/api/v1/nodes/NODE/proxy/stats/summary: pods'
+        volumes with usedBytes and capacityBytes), or None when it cannot be read."""
+        ...
+
 
 def _key(*parts: str | None) -> str:
     return quote("@".join(p or "" for p in parts), safe="") + ".json"
@@ -175,6 +180,16 @@ class LiveCluster:
         except self._exc:
             return None
 
+    def node_stats(self, node: str) -> dict[str, Any] | None:
+        try:
+            response: Any = self._core.connect_get_node_proxy_with_path(
+                node, "stats/summary", _preload_content=False
+            )
+            stats: dict[str, Any] = json.loads(response.data)
+            return stats
+        except (self._exc, ValueError):
+            return None
+
     def prometheus(self, query: str) -> Objects | None:
         if not self._prometheus_url:
             return None
@@ -229,6 +244,11 @@ class DumpCluster:
         path = self.root / "prometheus" / _key(query)
         return json.loads(path.read_text()) if path.is_file() else None
 
+    def node_stats(self, node: str) -> dict[str, Any] | None:
+        path = self.root / "stats" / _key(node)
+        stats: dict[str, Any] | None = json.loads(path.read_text()) if path.is_file() else None
+        return stats
+
 
 class RecordingCluster:
     """Reads through another source and writes everything it read into a dump directory."""
@@ -276,3 +296,10 @@ class RecordingCluster:
         if result is not None:
             (self.root / "prometheus" / _key(query)).write_text(json.dumps(result))
         return result
+
+    def node_stats(self, node: str) -> dict[str, Any] | None:
+        stats = self.inner.node_stats(node)
+        if stats is not None:
+            (self.root / "stats").mkdir(exist_ok=True)
+            (self.root / "stats" / _key(node)).write_text(json.dumps(stats))
+        return stats
