@@ -78,7 +78,10 @@ def cluster(
     objects["pods"] = [*pods, *(p for p in objects["pods"] if p["metadata"]["namespace"] != k.NS)]
     objects["events"] = [*objects["events"], *events]
     if configmap is not None:
-        objects["configmaps"] = [k.configmap("kube-root-ca.crt", 10000), k.configmap(**configmap)]
+        objects["configmaps"] = [
+            k.configmap("kube-root-ca.crt", 10000),
+            k.configmap("vllm-config-b6t4m9447h", 120, **configmap),
+        ]
     return k.InMemoryCluster(objects, **kw)
 
 
