@@ -948,3 +948,45 @@ def test_live_network_policies_through_the_kubernetes_client(tmp_path: Path) -> 
     assert [f["title"] for f in findings] == [
         "CrashLoopBackOff: model download blocked by a NetworkPolicy"
     ]
+
+
+def _vllm_start() -> Any:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "manifests/model-server/vllm-start.py"
+    spec = importlib.util.spec_from_file_location("vllm_start", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "token", "title", "fix"),
+    [
+        (401, {"x-error-code": "GatedRepo"}, False, "gated model", "create the Secret hf-token"),
+        (403, {"x-error-code": "GatedRepo"}, True, "gated model", "request it on"),
+        (
+            401,
+            {"x-error-message": "Invalid credentials in Authorization header"},
+            True,
+            "rejected the token",
+            "invalid or revoked",
+        ),
+        (401, {"x-error-code": "RepoNotFound"}, False, "invalid model name", "if it is private"),
+        (404, {"x-error-code": "RepoNotFound"}, True, "invalid model name", "Correct llm_model"),
+        (403, {}, True, "refused access with this token", "permissions"),
+    ],
+)
+def test_the_entry_points_own_lines_map_to_the_same_causes(
+    status, headers, token, title, fix
+) -> None:
+    """vllm-start.py's "archon: error:" lines (its real code, run here) and the causes doctor
+    names: a change to either side shows up here."""
+    from archon.ops.doctor import causes
+
+    failure = _vllm_start()._refused("meta-llama/Llama-3.1-8B-Instruct", status, headers, token)
+    line = f"archon: error: {failure}\n"
+    cause = causes.hub(line, {"llm_model": "meta-llama/Llama-3.1-8B-Instruct"})
+    assert cause is not None, line
+    assert title in cause.title and fix in cause.fix, (line, cause)
