@@ -15,9 +15,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from archon.markdown_blocks import ATOMIC, front_matter_title, top_level_blocks
+from archon.markdown_blocks import ATOMIC, front_matter_title, leaf_blocks, top_level_blocks
 
 __all__ = [
+    "DOCS_CHUNKING",
     "Block",
     "Chunk",
     "approx_tokens",
@@ -25,6 +26,10 @@ __all__ = [
     "front_matter_title",
     "split_blocks",
 ]
+
+# Recorded with the store's chunking settings (archon.kb.sync): a new value re-chunks every
+# Markdown file at the next sync. commonmark-1: blocks from markdown-it-py.
+DOCS_CHUNKING = "commonmark-1"
 
 TokenCounter = Callable[[str], int]
 
@@ -96,37 +101,46 @@ def _sections(blocks: list[Block], title: str | None) -> list[_Section]:
 
 
 def _fit(blocks: list[Block], max_tokens: int, count: TokenCounter) -> list[Block]:
-    """Split an oversized paragraph, list or quote at line boundaries; code blocks, HTML
-    blocks and tables stay whole."""
+    """Split an oversized paragraph, list or quote at line boundaries, never inside a code
+    block, HTML block or table nested in it; those blocks at the top stay whole."""
     out: list[Block] = []
     for block in blocks:
         if block.heading_level or block.kind in ATOMIC or count(block.text) <= max_tokens:
             out.append(block)
             continue
         lines = block.text.splitlines()
-        start = 0
-        while start < len(lines):
-            end, size = start, 0
-            while end < len(lines) and (end == start or size + count(lines[end]) <= max_tokens):
-                size += count(lines[end])
-                end += 1
+        # Units of lines that stay together: a nested code block is one unit, other lines one each.
+        units = [[n, n] for n in range(len(lines))]
+        for nested in leaf_blocks(block.text):
+            if nested.kind in ATOMIC:
+                for n in range(nested.first_line, nested.last_line + 1):
+                    units[n] = [nested.first_line, nested.last_line]
+        spans = sorted({(a, b) for a, b in units})
+        sizes = [count("\n".join(lines[a : b + 1])) for a, b in spans]
+        i = 0
+        while i < len(spans):
+            j, size = i, 0
+            while j < len(spans) and (j == i or size + sizes[j] <= max_tokens):
+                size += sizes[j]
+                j += 1
+            first, last = spans[i][0], spans[j - 1][1]
             out.append(
                 Block(
-                    "\n".join(lines[start:end]),
-                    block.start_line + start,
-                    block.start_line + end - 1,
+                    "\n".join(lines[first : last + 1]),
+                    block.start_line + first,
+                    block.start_line + last,
                     kind=block.kind,
                 )
             )
-            start = end
+            i = j
     return out
 
 
 def chunk_markdown(
     markdown: str,
     *,
-    max_tokens: int = 800,
-    min_tokens: int = 400,
+    max_tokens: int = 200,
+    min_tokens: int = 100,
     count: TokenCounter = approx_tokens,
 ) -> list[Chunk]:
     chunks: list[Chunk] = []

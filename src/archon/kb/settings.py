@@ -60,8 +60,17 @@ class KnowledgeBaseSettings(BaseSettings):
         description="CPU threads for embedding in `kb serve` (1 keeps query latency flat; its "
         "syncs then leave the other cores to queries). `kb sync` uses all cores.",
     )
-    chunk_max_tokens: int = Field(800, ge=64, le=8192)
-    chunk_min_tokens: int = Field(400, ge=0, le=8192)
+    chunk_max_tokens: int = Field(
+        200,
+        ge=64,
+        le=8192,
+        description="A chunk's text stops at this many word pieces: with its path and heading "
+        "trail it fits MiniLM's 256-piece window, so it is embedded whole as one vector "
+        "(docs/benchmarks.md: 800 tokens embedded as a mean of windows ranked worse).",
+    )
+    chunk_min_tokens: int = Field(
+        100, ge=0, le=8192, description="A smaller section merges with the next."
+    )
     rerank_url: str | None = Field(
         None,
         description="Base URL of an OpenAI-style rerank endpoint (vLLM, llama-server "

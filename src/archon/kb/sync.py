@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from archon.errors import ConfigError
-from archon.kb.chunking import Chunk, chunk_markdown
+from archon.kb.chunking import DOCS_CHUNKING, Chunk, chunk_markdown
 from archon.kb.code_chunking import (
     CODE_CHUNKING,
     CodeChunk,
@@ -150,8 +150,8 @@ class Syncer:
         embedder: Embedder,
         cache: Path,
         *,
-        max_tokens: int = 800,
-        min_tokens: int = 400,
+        max_tokens: int = 200,
+        min_tokens: int = 100,
         context: bool = False,
     ):
         self.context = context
@@ -190,7 +190,7 @@ class Syncer:
     def chunking(self) -> str:
         return (
             f"max_tokens={self.max_tokens} min_tokens={self.min_tokens} context={self.context}"
-            f" code={CODE_CHUNKING}"
+            f" code={CODE_CHUNKING} docs={DOCS_CHUNKING}"
         )
 
     def _sync_source(
