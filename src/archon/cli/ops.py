@@ -85,9 +85,13 @@ def _print_status(report: Status) -> None:
 
 
 def doctor(
-    namespace: Annotated[str, typer.Option(help="Namespace of the model server.")] = (
-        "archon-system"
-    ),
+    namespace: Annotated[
+        str,
+        typer.Option(
+            help="Namespace of the model server; a,b for several, or '*' for every namespace "
+            "that has pods of the selector (each model server diagnosed on its own)."
+        ),
+    ] = "archon-system",
     selector: Annotated[str, typer.Option(help="Label selector of its pods.")] = "app=vllm",
     configmap: Annotated[str, typer.Option(help="Its ConfigMap (before the hash).")] = (
         "vllm-config"
