@@ -67,7 +67,7 @@ if ! ls "$OUT"/llama_cpp_python-*.whl >/dev/null 2>&1; then
   CMAKE_ARGS="$FLAGS" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
     "$PYTHON" -m pip wheel --quiet --no-deps --wheel-dir "$work/dist" "$src"
   whl=$(ls "$work"/dist/llama_cpp_python-*.whl)
-  variants=$("$PYTHON" -c 'import sys, zipfile; print(sum("/libggml-cpu-" in n for n in zipfile.ZipFile(sys.argv[1]).namelist()))' "$whl")
+  variants=$("$PYTHON" -c 'import sys, zipfile; print(sum(n.startswith("llama_cpp/lib/libggml-cpu-") for n in zipfile.ZipFile(sys.argv[1]).namelist()))' "$whl")
   if [ "$variants" -lt 2 ]; then
     echo "build-llama-wheel: $whl holds $variants CPU backend variants; expected several" >&2
     exit 3

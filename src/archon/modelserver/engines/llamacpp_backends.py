@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -32,8 +33,14 @@ def load_cpu_backend() -> str | None:
     lib_dir = Path(llama_cpp.__file__).parent / "lib"
     if not any(lib_dir.glob("libggml-cpu-*.so")):
         return None
-    # The same libggml the llama_cpp module already loaded (dlopen returns its handle).
-    ggml = ctypes.CDLL(str(lib_dir / "libggml.so"))
+    # The libggml that libllama loaded (its registry is the one that counts), found by its
+    # soname: a wheel stores libggml.so and libggml.so.0 as two copies, and the other copy,
+    # loaded by path, would keep a registry of its own.
+    soname = min((p.name for p in lib_dir.glob("libggml.so.*")), key=len, default="libggml.so")
+    try:
+        ggml = ctypes.CDLL(soname, mode=os.RTLD_NOLOAD)
+    except OSError:  # not loaded yet
+        ggml = ctypes.CDLL(str(lib_dir / soname))
     ggml.ggml_backend_reg_count.restype = ctypes.c_size_t
     first = ggml.ggml_backend_reg_count() == 0
     if first:
