@@ -157,7 +157,10 @@ class Prometheus:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Prometheus]]:
     tmp = tmp_path_factory.mktemp("prom")
-    server = start_server(tmp, "--parallel", "2", "--max-model-len", "1024")
+    # Speculation on: the dashboard's acceptance-rate panel reads its vllm:spec_decode_* counters.
+    server = start_server(
+        tmp, "--parallel", "2", "--max-model-len", "1024", env={"ARCHON_SPECULATIVE": "true"}
+    )
     exporter = _StaticExporter()
     (tmp / "rules.yaml").write_text(yaml.safe_dump(rule_groups()))
     prom_port = free_port()

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import shlex
@@ -90,7 +91,12 @@ def build_vllm_launch(settings: ModelServerSettings) -> VllmLaunch:
         args += ["--max-model-len", str(settings.max_model_len)]
     if settings.quantization != "none":
         args += ["--quantization", settings.quantization]
-    args += shlex.split(settings.vllm_extra_args)
+    extra = shlex.split(settings.vllm_extra_args)
+    speculative = settings.vllm_speculative_config()
+    if speculative is not None and not any(a.startswith("--speculative-config") for a in extra):
+        # vLLM's ngram (prompt-lookup) method; a --speculative-config in vllm_extra_args wins.
+        args += ["--speculative-config", json.dumps(speculative, separators=(",", ":"))]
+    args += extra
     env = {}
     if settings.api_key is not None:
         # In the environment, not argv: argv is visible to every process on the node.

@@ -118,6 +118,29 @@ class _EngineGauges(Collector):
             counter = CounterMetricFamily(name, doc, labels=["model_name"])
             counter.add_metric([self._model], float(count))
             yield counter
+        spec = stats.spec_decode
+        if spec is None:
+            return  # as vLLM: the speculative decoding counters exist only when it is on
+        for name, doc, count in (
+            ("vllm:spec_decode_num_drafts", "Number of spec decoding drafts.", spec.drafts),
+            ("vllm:spec_decode_num_draft_tokens", "Number of draft tokens.", spec.draft_tokens),
+            (
+                "vllm:spec_decode_num_accepted_tokens",
+                "Number of accepted tokens.",
+                spec.accepted_tokens,
+            ),
+        ):
+            counter = CounterMetricFamily(name, doc, labels=["model_name"])
+            counter.add_metric([self._model], float(count))
+            yield counter
+        per_pos = CounterMetricFamily(
+            "vllm:spec_decode_num_accepted_tokens_per_pos",
+            "Accepted tokens per draft position.",
+            labels=["model_name", "position"],
+        )
+        for position, count in enumerate(list(spec.accepted_per_position)):
+            per_pos.add_metric([self._model, str(position)], float(count))
+        yield per_pos
 
 
 class ModelServerMetrics:

@@ -25,6 +25,19 @@ log = logging.getLogger("archon.modelserver")
 EngineFactory = Callable[[ResolvedModel, ModelServerSettings], Engine]
 
 
+def speculation_config(settings: ModelServerSettings) -> Any:
+    """The CPU engine's speculation settings, or None when it is off."""
+    from archon.modelserver.engines.llamacpp_speculation import SpeculationConfig
+
+    if not settings.speculative:
+        return None
+    return SpeculationConfig(
+        tokens=settings.speculative_tokens,
+        ngram_max=settings.speculative_ngram_max,
+        ngram_min=settings.speculative_ngram_min,
+    )
+
+
 def llamacpp_factory(model: ResolvedModel, settings: ModelServerSettings) -> Engine:
     from archon.modelserver.engines.llamacpp import LlamaCppEngine
 
@@ -41,6 +54,7 @@ def llamacpp_factory(model: ResolvedModel, settings: ModelServerSettings) -> Eng
         threads=settings.effective_threads,
         batch_size=settings.batch_size,
         cpu_repack=settings.cpu_repack,
+        speculation=speculation_config(settings),
     )
 
 

@@ -13,7 +13,7 @@ import shlex
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from archon.modelserver import quantization
@@ -67,6 +67,24 @@ class ModelServerSettings(BaseSettings):
         description="llama.cpp's repacked weight layouts (its AMX and CPU_REPACK buffers). auto: "
         "off when the llama.cpp build uses AMX, whose kernels crash on the first prompt on "
         "virtualised Sapphire/Granite Rapids (ggml-org/llama.cpp#20824), else on.",
+    )
+    speculative: bool = Field(
+        False,
+        description="Prompt-lookup (n-gram) speculative decoding: drafts the next tokens from "
+        "text already in the prompt or output and verifies them in one batch, no draft model. "
+        "CPU engine: Archon's own; vllm: vLLM's ngram method (--speculative-config).",
+    )
+    speculative_tokens: int = Field(
+        4,
+        ge=1,
+        le=16,
+        description="Draft length: tokens guessed per step (vLLM's num_speculative_tokens).",
+    )
+    speculative_ngram_max: int = Field(
+        3, ge=1, le=16, description="Longest n-gram looked up (vLLM's prompt_lookup_max)."
+    )
+    speculative_ngram_min: int = Field(
+        2, ge=1, le=16, description="Shortest n-gram looked up (vLLM's prompt_lookup_min)."
     )
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     download_log_interval: float = Field(5.0, gt=0.0, le=10.0)
@@ -124,6 +142,26 @@ class ModelServerSettings(BaseSettings):
         shlex.split(value)  # raises ValueError on unbalanced quotes
         return value
 
+    @model_validator(mode="after")
+    def _ngram_sizes(self) -> ModelServerSettings:
+        if self.speculative_ngram_min > self.speculative_ngram_max:
+            raise ValueError(
+                f"speculative_ngram_min ({self.speculative_ngram_min}) is above "
+                f"speculative_ngram_max ({self.speculative_ngram_max})"
+            )
+        return self
+
+    def vllm_speculative_config(self) -> dict[str, Any] | None:
+        """vLLM's --speculative-config for these settings (its ngram method), or None."""
+        if not self.speculative:
+            return None
+        return {
+            "method": "ngram",
+            "num_speculative_tokens": self.speculative_tokens,
+            "prompt_lookup_max": self.speculative_ngram_max,
+            "prompt_lookup_min": self.speculative_ngram_min,
+        }
+
     @property
     def effective_threads(self) -> int:
         return self.threads or os.cpu_count() or 1
@@ -159,6 +197,10 @@ CONFIGMAP_KEYS = {
     "vllm_extra_args": "vllm_extra_args",
     "embedding_model": "embedding_model",
     "llm_pooling": "llm_pooling",
+    "speculative": "speculative",
+    "speculative_tokens": "speculative_tokens",
+    "speculative_ngram_max": "speculative_ngram_max",
+    "speculative_ngram_min": "speculative_ngram_min",
 }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from archon.errors import ServiceUnavailableError
@@ -81,12 +81,31 @@ class GenerationOutput:
 
 
 @dataclass
+class SpecDecodeStats:
+    """Speculative decoding's counters, with vLLM's meaning: a draft is one verification that
+    had draft tokens; ``accepted_per_position[i]``: drafts whose token i was accepted."""
+
+    drafts: int = 0
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+    accepted_per_position: list[int] = field(default_factory=list)
+
+    def record(self, drafted: int, accepted: int) -> None:
+        self.drafts += 1
+        self.draft_tokens += drafted
+        self.accepted_tokens += accepted
+        for i in range(accepted):
+            self.accepted_per_position[i] += 1
+
+
+@dataclass
 class EngineStats:
     running: int = 0
     waiting: int = 0
     kv_cache_usage: float = 0.0
     prefix_cache_queries: int = 0  # prompt tokens admitted
     prefix_cache_hits: int = 0  # of those, tokens whose KV was reused from the slot
+    spec_decode: SpecDecodeStats | None = None  # None: speculation is off
 
 
 class EngineDead(ServiceUnavailableError):

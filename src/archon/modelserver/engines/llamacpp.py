@@ -17,6 +17,10 @@ its slot. Only a context that keeps failing to decode is declared dead.
 stream is copied to the other slots, and every choice samples its first token from the same
 logits.
 
+With speculation on, a running sequence's pending token is followed in the batch by a draft
+of its next tokens, guessed by n-gram lookup over its own prompt and output, and verified in the
+same decode (``llamacpp_speculation``).
+
 Here: the engine thread's loop and the API the HTTP layer calls. The llama.cpp objects are in
 ``llamacpp_native``, a request's sequences and the rules applied to them in
 ``llamacpp_sequence``, one sequence's sampling in ``llamacpp_sampling``.
@@ -40,6 +44,7 @@ from archon.modelserver.engines.base import (
     EngineStats,
     GenerationOutput,
     GenerationRequest,
+    SpecDecodeStats,
 )
 from archon.modelserver.engines.llamacpp_sampling import Sampler, prompt_token_logprob
 from archon.modelserver.engines.llamacpp_sequence import (
@@ -49,6 +54,11 @@ from archon.modelserver.engines.llamacpp_sequence import (
     choose_slots,
     new_group,
     split_stop,
+)
+from archon.modelserver.engines.llamacpp_speculation import (
+    NgramDrafter,
+    SpeculationConfig,
+    verify,
 )
 from archon.modelserver.settings import CpuRepack
 
@@ -71,6 +81,7 @@ class LlamaCppEngine:
         threads: int,
         batch_size: int,
         cpu_repack: CpuRepack = "auto",
+        speculation: SpeculationConfig | None = None,
     ):
         native = llamacpp_native.load(
             model_path,
@@ -98,6 +109,10 @@ class LlamaCppEngine:
         self._prefix_queries = 0
         self._prefix_hits = 0
         self._decode_failures = 0
+        self._speculation = speculation
+        self._spec_stats = (
+            SpecDecodeStats(accepted_per_position=[0] * speculation.tokens) if speculation else None
+        )
         self._alive = True
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="llamacpp-engine", daemon=True)
@@ -139,6 +154,7 @@ class LlamaCppEngine:
             kv_cache_usage=min(self._kv_used / total, 1.0) if total else 0.0,
             prefix_cache_queries=self._prefix_queries,
             prefix_cache_hits=self._prefix_hits,
+            spec_decode=self._spec_stats,
         )
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationOutput]:
@@ -279,6 +295,8 @@ class LlamaCppEngine:
                 self._native.vocabulary, seq.request.params, seed_offset=seq.index
             )
             seq.sampler.accept_prompt(prompt)
+            if self._speculation is not None:
+                seq.drafter = NgramDrafter(self._speculation, prompt)
             if scoring:
                 seq.prompt_head = self._native.vocabulary.token_bytes(prompt[0], special=True)
             seq.slot = slot
@@ -303,16 +321,25 @@ class LlamaCppEngine:
             n += 1
 
         active = [s.active for s in self._slots if s.active is not None]
+        running = sum(1 for seq in active if seq.pending is not None)
+        # What a draft may take of the batch: every running sequence still gets its token.
+        draft_room = (self.batch_size - running) // running if running else 0
         # Running sequences first: one token each keeps every stream moving.
         for seq in active:
             if seq.pending is not None:
                 slot = seq.slot
                 assert slot is not None
-                add(seq.pending, len(slot.cached), slot.seq_id, True)
+                pos = len(slot.cached)
+                add(seq.pending, pos, slot.seq_id, True)
                 slot.cached.append(seq.pending)
                 seq.pending = None
                 to_sample.append((seq, n - 1))
                 in_batch.append(seq)
+                if seq.drafter is not None:
+                    seq.draft = seq.drafter.draft(self._draft_limit(seq, pos, draft_room))
+                    for j, token in enumerate(seq.draft):
+                        add(token, pos + 1 + j, slot.seq_id, True)
+                    slot.cached.extend(seq.draft)
         # Then prompt chunks, oldest request first, within what is left of the batch.
         for seq in sorted(active, key=lambda s: s.arrived):
             prompt = seq.request.prompt_tokens
@@ -348,9 +375,42 @@ class LlamaCppEngine:
         for seq, index in to_sample:
             if seq.slot is None:
                 continue
+            if seq.draft:
+                self._verify(seq, index)
+                continue
             if seq.index == 0 and seq.prefilled == len(seq.request.prompt_tokens):
                 self._start_followers(seq, index)
             self._sample(seq, index)
+
+    def _draft_limit(self, seq: Sequence, pos: int, room: int) -> int:
+        """Draft tokens a sequence may add after its pending token at ``pos``: within its batch
+        share, its KV stream, and what ``max_tokens`` leaves (one step outputs draft + 1)."""
+        left = seq.request.params.max_tokens - seq.generated
+        return min(room, self.max_model_len - pos - 2, left - 1)
+
+    def _verify(self, seq: Sequence, index: int) -> None:
+        """Sample the pending token's position and the draft's, in order, while the draft
+        holds; keep the KV of the accepted draft tokens and remove the rest."""
+        draft, seq.draft = seq.draft, []
+        slot = seq.slot
+        assert slot is not None and self._spec_stats is not None
+        first = len(slot.cached) - len(draft)  # the position of draft[0]
+
+        def sample_at(i: int) -> int | None:
+            return self._sample(seq, index + i) if seq.slot is not None else None
+
+        _, accepted = verify(draft, sample_at)
+        keep = first + accepted
+        if not self._ll.llama_memory_seq_rm(self._mem, slot.seq_id, keep, -1):
+            # Cannot happen with a transformer's KV cache; never let a stale draft stay.
+            self._ll.llama_memory_seq_rm(self._mem, slot.seq_id, -1, -1)
+            keep = 0
+            if seq.slot is not None:
+                seq.fail(InternalError("llama.cpp could not remove a rejected draft"))
+        del slot.cached[keep:]
+        self._spec_stats.record(len(draft), accepted)
+        if seq.drafter is not None:
+            seq.drafter.verdict(len(draft), accepted)
 
     def _start_followers(self, first: Sequence, index: int) -> None:
         """The prompt of a group is evaluated: give every other choice the same KV."""
@@ -381,19 +441,23 @@ class LlamaCppEngine:
         except Exception as exc:
             seq.fail(exc)
 
-    def _sample(self, seq: Sequence, index: int) -> None:
+    def _sample(self, seq: Sequence, index: int) -> int | None:
+        """Sample the sequence's next token from the logits at ``index`` and output it; the
+        token, or None when the request failed."""
         if seq.request.params.max_tokens == 0:
             # An echo of the prompt alone (its logprobs): the prefill was the whole request.
             self._finish(seq, "length")
-            return
+            return None
         try:
             assert seq.sampler is not None
             token, logprob = seq.sampler.sample(self._ctx, index)
             if logprob is not None:
                 seq.logprobs.append(logprob)
             self._on_token(seq, token)
+            return token
         except Exception as exc:
             seq.fail(exc)
+            return None
 
     def _recover(self, exc: Exception, seqs: list[Sequence]) -> None:
         """A step failed: fail the requests in it, drop their KV, and go on serving."""
@@ -412,6 +476,8 @@ class LlamaCppEngine:
     def _on_token(self, seq: Sequence, token: int) -> None:
         params = seq.request.params
         seq.generated += 1
+        if seq.drafter is not None:
+            seq.drafter.append(token)
         # A grammar's end is an end-of-generation token: ignore_eos cannot go past it.
         eog = self._ll.llama_vocab_is_eog(self._native.vocab, token)
         if eog and (not params.ignore_eos or params.grammar is not None):

@@ -23,6 +23,7 @@ from archon.modelserver.engines.base import (
     TokenLogprob,
 )
 from archon.modelserver.engines.llamacpp_sampling import Sampler
+from archon.modelserver.engines.llamacpp_speculation import NgramDrafter
 
 log = logging.getLogger("archon.engine")
 
@@ -42,6 +43,8 @@ class Sequence:
     slot: Slot | None = None
     prefilled: int = 0  # prompt tokens whose KV is in the slot
     pending: int | None = None  # sampled token not yet decoded
+    drafter: NgramDrafter | None = None  # with speculation on
+    draft: list[int] = field(default_factory=list)  # in this step's batch after ``pending``
     generated: int = 0
     held: str = ""  # text held back because it may be the start of a stop string
     decoder: codecs.IncrementalDecoder = field(
@@ -112,6 +115,7 @@ class Sequence:
             slot.last_used = time.monotonic()
         self.slot = None
         self.pending = None
+        self.drafter = None
         if self.sampler is not None:
             self.sampler.free()
             self.sampler = None
