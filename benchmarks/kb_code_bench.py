@@ -108,6 +108,8 @@ def main() -> None:
     judged = [j for f in sorted(JUDGED.glob("*.jsonl")) for j in load_queries(f)]
     for split in args.split:
         queries = [j for j in judged if j.split == split]
+        if not queries:
+            continue  # e.g. --split none: only the sync
         print(f"{split} ({len(queries)} questions):")
         results[split] = {}
         for score in evaluate(kb, queries):

@@ -87,9 +87,8 @@ def main() -> None:
     docs, texts = corpus()
     began = time.perf_counter()
     vectors = embed(texts, args.data / "reference-code-vectors.npz")
-    print(
-        f"{len(texts)} chunks of {len(set(docs))} files, embedded in {time.perf_counter() - began:.0f} s"
-    )
+    seconds = time.perf_counter() - began
+    print(f"{len(texts)} chunks of {len(set(docs))} files, embedded in {seconds:.0f} s")
     retriever = bm25s.BM25()
     retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
     model = SentenceTransformer(bundled_model_path("all-MiniLM-L6-v2"), device="cpu")

@@ -150,7 +150,10 @@ def test_unknown_language_falls_back_to_line_windows():
 
 # Other languages: small snippets (no corpus holds them), to check the grammar wiring.
 def test_typescript_javascript_java_rust_symbols():
-    ts = "export class Pool {\n  size = 1;\n  drain(): void {}\n}\nexport const f = (x: number) => x;\ninterface Opts { a: string }\n"
+    ts = (
+        "export class Pool {\n  size = 1;\n  drain(): void {}\n}\n"
+        "export const f = (x: number) => x;\ninterface Opts { a: string }\n"
+    )
     trails = [c.heading_path for c in chunk_code("src/pool.ts", ts)]
     assert (
         ["pool.ts", "Pool"] in trails
