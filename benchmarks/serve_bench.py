@@ -13,6 +13,10 @@ the report gives each server's tok/s with the schema over its tok/s without it.
 
     .venv/bin/python benchmarks/serve_bench.py --structured --write docs/benchmarks.md
 
+The peers here run one after the other, so machine drift lands on one of them: for ratios
+that can tell a 5% change, use spec_bench.py (all servers up, rounds interleaved, the ratio per
+round with its median and spread; `--workload synthetic` is this workload).
+
 `llama-server` is built once from the pinned llama-cpp-python sdist by build_llama_server.sh
 into ~/.cache/archon/bench (about 9 minutes on 2 cores).
 """
@@ -391,6 +395,13 @@ def main() -> None:
             text=True,
         )
         binary = build.stdout.strip().splitlines()[-1]
+        from llama_cpp import llama_print_system_info
+
+        from archon.modelserver.engines.llamacpp_native import use_repack
+
+        # The same weight layout as `archon serve` (cpu_repack=auto): llama-server repacks by
+        # default, and a build with AMX then dies on many VMs at the first prompt (signal 4).
+        repack = use_repack("auto", llama_print_system_info())
         peers["llama-server"] = Peer(
             "llama-server",
             [
@@ -407,6 +418,7 @@ def main() -> None:
                 t,
                 "--no-webui",
                 "--log-disable",
+                "--repack" if repack else "--no-repack",
             ],
             "bench",
             extra_body={"ignore_eos": True},
