@@ -66,7 +66,7 @@ test-vllm: $(STAMP) vllm-venv
 ## The `archon` image on a fresh machine: podman, mmdebstrap, runc and uidmap installed when
 ## missing, a Debian bookworm base made by mmdebstrap (no image registry), wheels resolved for the
 ## image's own Python, a portable llama.cpp (every x86-64 CPU variant, chosen at run time; built
-## once, ~25 min on 2 cores, then cached in /var/cache/archon); then run as the manifests run it.
+## once, ~20 CPU-minutes, then cached in /var/cache/archon); then run as the manifests run it.
 image: $(STAMP)
 	bash scripts/build-image.sh
 	$(BIN)/python -m pytest -q tests/integration/test_image.py -k 'not part_images'

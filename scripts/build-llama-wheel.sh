@@ -9,8 +9,8 @@
 # unpacks the sdist and appends an install rule for every ggml-cpu-* target before building.
 #
 # The wheel is cached outside the repository, keyed by the version, the CMake flags and the
-# CMakeLists addition: a rebuild happens only when one of them changes (~25-40 min on 2 cores, the
-# CPU backend being compiled 14 times).
+# CMakeLists addition: a rebuild happens only when one of them changes (the CPU backend is
+# compiled 14 times: 19 CPU-minutes measured, so about 10 minutes on two idle cores).
 # Usage: scripts/build-llama-wheel.sh DEST_DIR   (copies the cached wheel there; prints its path)
 # Env: PYTHON (.venv/bin/python), ARCHON_CACHE (/var/cache/archon), CMAKE_BUILD_PARALLEL_LEVEL.
 # The host must be Debian bookworm (the image's base): the libraries link against its glibc.
