@@ -10,7 +10,10 @@ from collections import Counter
 
 K1 = 1.2
 B = 0.75
-AVG_DOC_TOKENS = 300.0  # typical chunk length in BM25 terms; fixed so stored weights stay valid
+# A typical chunk's length in BM25 terms, fixed so that stored weights stay valid: a 200-piece
+# chunk (the default chunk_max_tokens) with its path and trail holds ~80 (300 fitted the old
+# 800-piece chunks). A change re-weights every chunk: it is part of the recorded chunking.
+AVG_DOC_TOKENS = 80.0
 
 STOPWORDS = frozenset(
     [

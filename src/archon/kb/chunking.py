@@ -28,7 +28,8 @@ __all__ = [
 ]
 
 # Recorded with the store's chunking settings (archon.kb.sync): a new value re-chunks every
-# Markdown file at the next sync. commonmark-1: blocks from markdown-it-py.
+# Markdown file at the next sync. commonmark-1: blocks from markdown-it-py, BM25 weights for
+# 80-term chunks (archon.kb.bm25.AVG_DOC_TOKENS).
 DOCS_CHUNKING = "commonmark-1"
 
 TokenCounter = Callable[[str], int]
