@@ -56,6 +56,7 @@ class Part:
     url: str
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)  # sent by the readiness check
     process: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -118,6 +119,20 @@ def default_sources(data_dir: Path) -> Path:
     return path
 
 
+def kb_service_token(environ: dict[str, str]) -> str | None:
+    """The knowledge base's service token as the KB itself reads it from the environment
+    (ARCHON_KB_SERVICE_TOKEN, or the file ARCHON_KB_SERVICE_TOKEN_FILE names): `up` hands it
+    to the agent and to its own readiness check, which the token would otherwise lock out."""
+    token = environ.get("ARCHON_KB_SERVICE_TOKEN", "").strip()
+    if token:
+        return token
+    path = environ.get("ARCHON_KB_SERVICE_TOKEN_FILE")
+    if path:
+        with contextlib.suppress(OSError):  # the KB itself reports an unreadable file
+            return Path(path).read_text().strip() or None
+    return None
+
+
 def plan(options: StackOptions) -> list[Part]:
     h = options.host
     logs = options.data_dir / "logs"
@@ -127,6 +142,8 @@ def plan(options: StackOptions) -> list[Part]:
         serve += ["--llm-model", options.llm_model]
     parts = [Part("model server", serve, model_url, logs / "model-server.log")]
     agent = ["agent", "--host", h, "--port", str(options.agent_port), "--upstream", model_url]
+    agent_env: dict[str, str] = {}
+    token = kb_service_token(dict(os.environ))
     if options.knowledge_base:
         sources = options.sources or default_sources(options.data_dir)
         kb_url = f"http://{h}:{options.kb_port}"
@@ -148,12 +165,17 @@ def plan(options: StackOptions) -> list[Part]:
                 kb_url,
                 logs / "knowledge-base.log",
                 env={"ARCHON_KB_DATA_DIR": str(options.data_dir / "kb")},
+                headers={"authorization": f"Bearer {token}"} if token else {},
             )
         )
         agent += ["--kb-url", kb_url]
+        if token and not any(k.startswith("ARCHON_AGENT_KB_TOKEN") for k in os.environ):
+            agent_env["ARCHON_AGENT_KB_TOKEN"] = token
     else:
         agent.append("--no-kb")
-    parts.append(Part("agent", agent, f"http://{h}:{options.agent_port}", logs / "agent.log"))
+    parts.append(
+        Part("agent", agent, f"http://{h}:{options.agent_port}", logs / "agent.log", agent_env)
+    )
     return parts
 
 
@@ -162,7 +184,9 @@ def _ready(part: Part, client: httpx.Client) -> tuple[bool, str]:
     try:
         if part.name == "knowledge base":
             # Ready once its first sync is done, so the first question already finds the docs.
-            resp = client.get(part.url + "/sync")
+            resp = client.get(part.url + "/sync", headers=part.headers)
+            if resp.status_code == 401:
+                return False, "refused without its service token (ARCHON_KB_SERVICE_TOKEN)"
             if resp.status_code != 200:
                 return False, "loading the embedding model"
             body = resp.json()

@@ -32,3 +32,37 @@ def test_the_agent_is_ready_once_its_knowledge_base_is_up_or_off(
     ok, state = _ready(part, agent_ready(kb_status))
     assert ok is ready
     assert state == ("" if ready else "waiting to see the knowledge base up")
+
+
+def test_up_hands_the_kb_service_token_to_the_agent_and_its_own_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ARCHON_KB_SERVICE_TOKEN_FILE set, the KB answers /sync only with the token
+    (archon.kb.access.check_token, the KB's own check): `up` must send it, and give it to the
+    agent, or it waits for a knowledge base that always says 401."""
+    from archon.errors import AuthenticationError
+    from archon.kb.access import check_token
+    from archon.stack import StackOptions, plan
+
+    (tmp_path / "token").write_text("s3cret\n")
+    monkeypatch.delenv("ARCHON_KB_SERVICE_TOKEN", raising=False)
+    monkeypatch.delenv("ARCHON_AGENT_KB_TOKEN", raising=False)
+    monkeypatch.delenv("ARCHON_AGENT_KB_TOKEN_FILE", raising=False)
+    monkeypatch.setenv("ARCHON_KB_SERVICE_TOKEN_FILE", str(tmp_path / "token"))
+    parts = {p.name: p for p in plan(StackOptions(sources=tmp_path / "s.yaml", data_dir=tmp_path))}
+    assert parts["agent"].env["ARCHON_AGENT_KB_TOKEN"] == "s3cret"
+
+    def kb(request: httpx.Request) -> httpx.Response:
+        try:
+            check_token("s3cret", request.headers.get("authorization"))
+        except AuthenticationError:
+            return httpx.Response(401, json={"error": {"message": "token"}})
+        return httpx.Response(200, json={"running": False, "last": {"ok": True}})
+
+    client = httpx.Client(transport=httpx.MockTransport(kb))
+    assert _ready(parts["knowledge base"], client) == (True, "")
+    parts["knowledge base"].headers.clear()
+    assert _ready(parts["knowledge base"], client) == (
+        False,
+        "refused without its service token (ARCHON_KB_SERVICE_TOKEN)",
+    )
