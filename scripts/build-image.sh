@@ -168,7 +168,13 @@ case ",$EXTRAS," in
     ;;
 esac
 
-# 5. The image.
+# 5. The image. Each dependency change leaves its old layers (2 GB for the full image): with
+# under 20 GB free, the untagged ones go first (a later build may then redo its dependencies).
+store=$(podman info --format '{{.Store.GraphRoot}}')
+if (($(df --output=avail -k "$store" | tail -1) < 20 * 1024 * 1024)); then
+  step "under 20 GB free in $store: removing untagged images"
+  podman image prune -f >/dev/null
+fi
 step "building $IMAGE ($EXTRAS) on $BASE"
 podman "${FLAGS[@]}" build "${RUN_FLAGS[@]}" --format docker --layers \
   --build-arg "BASE=$BASE" --build-arg "EXTRAS=$EXTRAS" --build-arg PIP_NO_INDEX=1 -t "$IMAGE" .
