@@ -74,6 +74,31 @@ def test_answers_carry_sources_from_the_right_files(agent: Server) -> None:
         assert isinstance(s["cited"], bool)
 
 
+def test_a_new_topic_after_earlier_turns_is_searched_on_its_own(agent: Server) -> None:
+    """Earlier turns join the search (follow-ups need them), but a long first question then
+    pulls it to its own topic: for this follow-up the joint search ranks functions.md first,
+    where nothing holds the new question (relevance 0, measured), which answered it without
+    the docs ("none"). The agent asks again with the question alone and finds api.md."""
+    messages = [
+        {
+            "role": "user",
+            "content": "Explain in detail how the histogram_quantile function interpolates "
+            "between bucket boundaries of classic histograms and native histograms, with "
+            "examples of rate over buckets",
+        },
+        {"role": "assistant", "content": "It interpolates linearly within the bucket."},
+        {"role": "user", "content": "How do I get the list of label names through the HTTP API?"},
+    ]
+    raw = client(agent).chat.completions.with_raw_response.create(
+        model=MODEL,
+        messages=messages,  # type: ignore[arg-type]
+        max_tokens=8,
+    )
+    assert raw.headers["x-archon-rag"] == "used"
+    sources = raw.parse().model_extra["sources"]
+    assert sources[0]["path"] == "docs/querying/api.md"
+
+
 def test_streamed_answer_ends_with_the_sources(agent: Server) -> None:
     stream = client(agent).chat.completions.create(
         model=MODEL, messages=ask(), max_tokens=24, stream=True

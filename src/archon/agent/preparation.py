@@ -172,6 +172,24 @@ class ChatPreparer:
             raw, model if isinstance(model, str) else None, False, "off", priority=priority
         )
 
+    async def _search(
+        self,
+        kb: KnowledgeBaseClient,
+        options: ArchonOptions,
+        messages: list[Any],
+        query: str,
+        groups: list[str],
+    ) -> tuple[list[dict[str, Any]], list[Any]]:
+        """The sources for ``query`` and the messages with their excerpts. Always the key's
+        groups, none without a key: the knowledge base then searches only the sources they may
+        read (archon.kb.access), whatever the filters ask."""
+        chunks, seconds = await kb.query(
+            query, options.top_k or self.settings.top_k, options.filters, groups
+        )
+        self.metrics.retrieval_seconds.observe(seconds)
+        augmented, sources = augment(messages, chunks, self.settings.max_context_chars, query)
+        return sources, augmented
+
     async def _retrieve(
         self,
         kb: KnowledgeBaseClient,
@@ -184,23 +202,22 @@ class ChatPreparer:
         query = retrieval_query(messages, self.settings.history_turns)
         if not query:
             return Retrieved("none", messages, [])
-        try:
-            # Always the key's groups, none without a key: the knowledge base then searches
-            # only the sources they may read (archon.kb.access), whatever the filters ask.
-            chunks, seconds = await kb.query(
-                query,
-                options.top_k or self.settings.top_k,
-                options.filters,
-                list(key.groups) if key is not None else [],
-            )
-        except RetrievalError:
-            return Retrieved("degraded", messages, [])
-        self.metrics.retrieval_seconds.observe(seconds)
-        augmented, sources = augment(messages, chunks, self.settings.max_context_chars, query)
         # Judged by the last question alone: earlier turns help find context for a follow-up,
         # but "Thanks!" after a question about the docs is not about the docs.
         question = retrieval_query(messages, 0)
-        best = lead_passage(question, sources)
+        groups = list(key.groups) if key is not None else []
+        try:
+            sources, augmented = await self._search(kb, options, messages, query, groups)
+            best = lead_passage(question, sources)
+            if (not sources or relevance(question, best) < self.settings.min_relevance) and (
+                query != question
+            ):
+                # A new topic after earlier turns: the history pulled the search towards the
+                # old one, so ask again with the question alone.
+                sources, augmented = await self._search(kb, options, messages, question, groups)
+                best = lead_passage(question, sources)
+        except RetrievalError:
+            return Retrieved("degraded", messages, [])
         if not sources or relevance(question, best) < self.settings.min_relevance:
             # Nothing retrieved holds the question (small talk, a topic the docs lack): the
             # model answers without excerpts, which would only pull it off the question.
