@@ -21,6 +21,7 @@ from archon.agent.rag import (
     quotable,
     relevance,
     retrieval_query,
+    without_lead_quote,
 )
 from archon.errors import AuthenticationError, ConfigError, InvalidRequestError
 
@@ -237,6 +238,29 @@ def test_the_lead_quote_is_the_best_passage_with_its_file_and_line() -> None:
     # The quote names its source, so that source is marked cited.
     assert [s["cited"] for s in mark_cited(sources, lead + "Run it.")] == [False, True]
     assert lead_quote("zebra crossings", sources) is None
+
+
+def test_earlier_answers_reach_the_model_without_their_lead_quote_header() -> None:
+    """The header's number named that turn's excerpts; shown it, SmolLM2 began the next answer
+    with a made-up "From [3] docs/archangel-doctor.md" (seen on the chat page)."""
+    text = "## Sync\n\nTo sync now, run:\n\n```bash\narchon kb sync\n```\n"
+    chunks = [{**chunk(1, text), "path": "docs/knowledge-base.md", "start_line": 40}]
+    _, sources = augment([{"role": "user", "content": "q"}], chunks, 6000, "q")
+    lead = lead_quote("How do I sync the knowledge base now?", sources)
+    assert lead is not None and lead.startswith("From [1] docs/knowledge-base.md, line 42:")
+    earlier = {"role": "assistant", "content": lead + "Run it."}
+    messages = [
+        {"role": "user", "content": "How do I sync the knowledge base now?"},
+        earlier,
+        {"role": "user", "content": "And how often does it sync?"},
+    ]
+    augmented, _ = augment(messages, [chunk(2)], 6000, "sync")
+    assert augmented[2]["content"] == lead.split(":\n\n", 1)[1] + "Run it."
+    assert not augmented[2]["content"].startswith("From [")
+    assert messages[1] is earlier and earlier["content"].startswith("From [1]")  # not mutated
+    # Only the agent's own header, and only at the start.
+    for kept in ("From the docs: run it.", "Run it. From [1] x.md:\n\ny", "From [a] x:\n\ny"):
+        assert without_lead_quote(kept) == kept
 
 
 def test_echo_stops_end_an_answer_that_copies_an_excerpt_header() -> None:

@@ -203,7 +203,15 @@ def augment(
         (i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"),
         default=None,
     )
-    out = list(messages)
+    out = [
+        {**m, "content": without_lead_quote(m["content"])}
+        if i < (last or 0)
+        and isinstance(m, dict)
+        and m.get("role") == "assistant"
+        and isinstance(m.get("content"), str)
+        else m
+        for i, m in enumerate(messages)
+    ]
     if last is not None:
         question = message_text(out[last]).strip()
         context = "Documentation excerpts:\n\n" + "\n\n".join(blocks) + "\n\n" + RULES
@@ -333,6 +341,17 @@ def lead_quote(
     if isinstance(line, int):
         where += f", line {line + best.first_line}"
     return f"From [{entry['index']}] {where}:\n\n{best.text}\n\n"
+
+
+LEAD_HEADER = re.compile(r"\AFrom \[\d+\] [^\n]*:\n\n")
+
+
+def without_lead_quote(content: str) -> str:
+    """An earlier answer without the header of the lead quote the agent put before it
+    (``lead_quote``'s "From [2] docs/x.md, line 44:"): its number names that turn's excerpts,
+    not this one's, and a small model shown it copies the header with a source it makes up.
+    The quoted text stays: it is what that answer said (and where it ends is not marked)."""
+    return LEAD_HEADER.sub("", content, count=1)
 
 
 def echo_stops(sources: list[dict[str, Any]]) -> list[str]:
