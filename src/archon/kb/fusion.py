@@ -58,14 +58,20 @@ class Searcher(Protocol):
     ) -> list[Hit]: ...
 
 
-def fuse(rankings: list[list[tuple[K, float]]], params: FusionParams) -> list[tuple[K, float]]:
-    """Combine ranked (id, score) lists, dense first."""
+def fuse(
+    rankings: list[list[tuple[K, float]]],
+    params: FusionParams,
+    ranks: list[list[int]] | None = None,
+) -> list[tuple[K, float]]:
+    """Combine ranked (id, score) lists, dense first. ``ranks``: each entry's 0-based rank
+    where it is not its place in its list (a filtered search: its rank in the whole store)."""
     fused: dict[K, float] = {}
     for n, ranking in enumerate(rankings):
         weight = params.dense_weight if n == 0 else 1.0 - params.dense_weight
         if params.method == "rrf":
+            places = ranks[n] if ranks is not None else range(len(ranking))
             # Scaled so that equal weights give the textbook 1 / (k + rank).
-            for rank, (point_id, _) in enumerate(ranking):
+            for rank, (point_id, _) in zip(places, ranking, strict=True):
                 fused[point_id] = fused.get(point_id, 0.0) + 2 * weight / (params.rrf_k + rank + 1)
             continue
         if not ranking:

@@ -102,20 +102,24 @@ class MemoryIndex:
             mask = by_prefix if mask is None else mask & by_prefix
         return mask
 
-    def _bm25_scores(self, text: str, readable: np.ndarray | None = None) -> np.ndarray | None:
+    def _bm25_scores(self, text: str) -> np.ndarray | None:
+        # The IDF is the whole store's, for a filtered search too (as Qdrant's is): a caller's
+        # chunks score as they do unfiltered, so the filter never reorders what it keeps.
+        # Over the readable chunks only, it ranked team-a's judged questions 0.017 nDCG lower
+        # than the whole store's ranking restricted afterwards (tests/integration/
+        # test_access_quality.py). Other sources' chunks still never become candidates.
         indices, _ = bm25.query_vector(text)
         cols = [self.columns[i] for i in indices if i in self.columns]
         if not cols:
             return None
-        idf = self.idf[cols]
-        if readable is not None:
-            # IDF over the chunks the caller may read, as if the store held only those: the
-            # others count in no score, not even through their term frequencies.
-            n = int(readable.sum())
-            rows, starts = self.terms.indices, self.terms.indptr
-            df = np.array([readable[rows[starts[c] : starts[c + 1]]].sum() for c in cols], float)
-            idf = np.log((n - df + 0.5) / (df + 0.5) + 1.0)
-        return np.asarray(self.terms[:, cols] @ idf).ravel()
+        return np.asarray(self.terms[:, cols] @ self.idf[cols]).ravel()
+
+    @staticmethod
+    def _whole_ranks(scores: np.ndarray, rows: list[int], wide: np.ndarray | None) -> list[int]:
+        """Each row's 0-based rank among all the rows ``wide`` keeps (how many score higher)."""
+        pool = np.sort(scores if wide is None else scores[wide])
+        higher = len(pool) - np.searchsorted(pool, scores[rows], side="right")
+        return [int(r) for r in higher]
 
     @staticmethod
     def _top(scores: np.ndarray, mask: np.ndarray | None, k: int) -> np.ndarray:
@@ -147,7 +151,7 @@ class MemoryIndex:
             scores = self.dense @ dense
             top = self._top(scores, mask, top_k)
             return [Hit(self.ids[i], float(scores[i]), self.payloads[i]) for i in top]
-        lexical = self._bm25_scores(text, allowed)
+        lexical = self._bm25_scores(text)
         if mode == "bm25":
             if lexical is None:
                 return []
@@ -167,7 +171,18 @@ class MemoryIndex:
                     if lexical[i] > 0
                 ]
             )
+        ranks = None
+        if allowed is not None:
+            # Fused by their ranks in the whole store (the request's own filters applied), so
+            # the filter drops chunks and never reorders the ones it keeps: ranked among the
+            # readable ones only, team-a's judged questions lost 0.011 nDCG against the whole
+            # store's ranking restricted afterwards (tests/integration/test_access_quality.py).
+            wide = self._mask(sources, path_prefix)
+            ranks = [
+                self._whole_ranks(scores, [i for i, _ in ranking], wide)
+                for scores, ranking in zip([semantic, lexical], rankings, strict=False)
+            ]
         fused = by_document(
-            fuse(rankings, fusion), self.documents.__getitem__, fusion.document_weight
+            fuse(rankings, fusion, ranks), self.documents.__getitem__, fusion.document_weight
         )
         return [Hit(self.ids[row], score, self.payloads[row]) for row, score in fused[:top_k]]
