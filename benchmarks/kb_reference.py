@@ -19,6 +19,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -132,32 +133,16 @@ def file_ranking(order: list[int], docs: list[str], depth: int = 10) -> list[str
     return ranked
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="cache of the chunk vectors")
-    parser.add_argument("--split", nargs="+", default=["tune", "test"])
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-
+def evaluate(
+    splits: dict[str, list[Any]], retriever: Any, model: Any, vectors: Any, docs: Any
+) -> dict:
+    """nDCG@10 per split for BM25, dense and their RRF fusion, by question kind; printed too."""
     import bm25s
-    from sentence_transformers import SentenceTransformer
 
-    from archon.kb.embeddings import bundled_model_path
     from archon.kb.evaluate import ndcg
 
-    args.data.mkdir(parents=True, exist_ok=True)
-    docs, texts = corpus()
-    began = time.perf_counter()
-    vectors = embed(texts, args.data / "reference-vectors.npz")
-    seconds = time.perf_counter() - began
-    print(f"{len(texts)} chunks of {len(set(docs))} files, embedded in {seconds:.0f} s")
-    retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
-    model = SentenceTransformer(bundled_model_path("all-MiniLM-L6-v2"), device="cpu")
-
-    results = {}
-    for split in args.split:
-        queries = judged(split)
+    results: dict[str, dict[str, Any]] = {}
+    for split, queries in splits.items():
         query_vectors = model.encode([q.query for q in queries], normalize_embeddings=True)
         lexical, lexical_scores = retriever.retrieve(
             bm25s.tokenize([q.query for q in queries], stopwords="en", show_progress=False),
@@ -193,6 +178,32 @@ def main() -> None:
         for mode, row in results[split].items():
             by_kind = "  ".join(f"{k} {v:.3f}" for k, v in row["by_kind"].items())
             print(f"  {mode:<6} nDCG@10 {row['ndcg_at_10']:.3f}   {by_kind}")
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="cache of the chunk vectors")
+    parser.add_argument("--split", nargs="+", default=["tune", "test"])
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    import bm25s
+    from sentence_transformers import SentenceTransformer
+
+    from archon.kb.embeddings import bundled_model_path
+
+    args.data.mkdir(parents=True, exist_ok=True)
+    docs, texts = corpus()
+    began = time.perf_counter()
+    vectors = embed(texts, args.data / "reference-vectors.npz")
+    seconds = time.perf_counter() - began
+    print(f"{len(texts)} chunks of {len(set(docs))} files, embedded in {seconds:.0f} s")
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
+    model = SentenceTransformer(bundled_model_path("all-MiniLM-L6-v2"), device="cpu")
+
+    results = evaluate({s: judged(s) for s in args.split}, retriever, model, vectors, docs)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

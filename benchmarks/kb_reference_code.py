@@ -20,12 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kb_code_bench import CODE_SOURCES, CORPORA, JUDGED
-from kb_reference import DEPTH, MAX_CHARS, RRF_K, chunks, embed, file_ranking
+from kb_reference import MAX_CHARS, chunks, embed, evaluate
 
 
 def plain_chunks(text: str) -> list[str]:
@@ -81,7 +79,7 @@ def main() -> None:
     from sentence_transformers import SentenceTransformer
 
     from archon.kb.embeddings import bundled_model_path
-    from archon.kb.evaluate import load_queries, ndcg
+    from archon.kb.evaluate import load_queries
 
     args.data.mkdir(parents=True, exist_ok=True)
     docs, texts = corpus()
@@ -94,44 +92,8 @@ def main() -> None:
     model = SentenceTransformer(bundled_model_path("all-MiniLM-L6-v2"), device="cpu")
     judged = [j for f in sorted(JUDGED.glob("*.jsonl")) for j in load_queries(f)]
 
-    results = {}
-    for split in args.split:
-        queries = [j for j in judged if j.split == split]
-        query_vectors = model.encode([q.query for q in queries], normalize_embeddings=True)
-        lexical, lexical_scores = retriever.retrieve(
-            bm25s.tokenize([q.query for q in queries], stopwords="en", show_progress=False),
-            k=DEPTH,
-            show_progress=False,
-        )
-        totals: dict[str, list[float]] = {"bm25": [], "dense": [], "hybrid": []}
-        kinds: dict[str, dict[str, list[float]]] = {m: {} for m in totals}
-        for n, judged_query in enumerate(queries):
-            semantic = np.argsort(-(vectors @ query_vectors[n]))[:DEPTH].tolist()
-            words = [int(i) for i, s in zip(lexical[n], lexical_scores[n], strict=True) if s > 0]
-            fused: dict[int, float] = {}
-            for ranking in (semantic, words):
-                for rank, i in enumerate(ranking):
-                    fused[i] = fused.get(i, 0.0) + 1.0 / (RRF_K + rank + 1)
-            orders = {
-                "bm25": words,
-                "dense": semantic,
-                "hybrid": sorted(fused, key=lambda i: -fused[i]),
-            }
-            for mode, order in orders.items():
-                value = ndcg(file_ranking(order, docs), judged_query.relevant)
-                totals[mode].append(value)
-                kinds[mode].setdefault(judged_query.kind or "-", []).append(value)
-        results[split] = {
-            mode: {
-                "ndcg_at_10": float(np.mean(values)),
-                "by_kind": {k: float(np.mean(v)) for k, v in sorted(kinds[mode].items())},
-            }
-            for mode, values in totals.items()
-        }
-        print(f"{split} ({len(queries)} questions):")
-        for mode, row in results[split].items():
-            by_kind = "  ".join(f"{k} {v:.3f}" for k, v in row["by_kind"].items())
-            print(f"  {mode:<6} nDCG@10 {row['ndcg_at_10']:.3f}   {by_kind}")
+    splits = {s: [j for j in judged if j.split == s] for s in args.split}
+    results = evaluate(splits, retriever, model, vectors, docs)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 
