@@ -86,13 +86,13 @@ def build(tmp: Path, sources: Path, embedder, label: str, **chunking):
     }
 
 
-def query_latency(kb, queries: list[str], replicate: int, tmp: Path) -> dict:
-    """Copy every point `replicate` times into a fresh store, then time hybrid queries."""
+def copy_points(kb, big, replicate: int) -> int:
+    """Copy every point of ``kb``'s store ``replicate`` times into ``big`` (the dense vector
+    jittered, each copy its own source ``<source>-<n>``); return how many were written."""
     from qdrant_client import models
 
-    from archon.kb.store import DENSE, SPARSE, ChunkStore
+    from archon.kb.store import DENSE, SPARSE
 
-    big = ChunkStore(str(tmp / "bench-20k"), "bench", kb.embedder.dim)
     rng = np.random.default_rng(0)
     offset = None
     total = 0
@@ -118,6 +118,16 @@ def query_latency(kb, queries: list[str], replicate: int, tmp: Path) -> dict:
         total += len(batch)
         if offset is None:
             break
+    return total
+
+
+def query_latency(kb, queries: list[str], replicate: int, tmp: Path) -> dict:
+    """Copy every point `replicate` times into a fresh store, then time hybrid queries."""
+
+    from archon.kb.store import ChunkStore
+
+    big = ChunkStore(str(tmp / "bench-20k"), "bench", kb.embedder.dim)
+    total = copy_points(kb, big, replicate)
     from archon.kb.index import MemoryIndex
 
     began = time.perf_counter()

@@ -28,11 +28,11 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from kb_bench import copy_points
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPORA = ROOT.parent / "shared" / "corpora"
@@ -100,41 +100,18 @@ def quality(kb: Any) -> dict[str, Any]:
 
 
 def overhead(kb: Any, tmp: Path, min_chunks: int, runs: int) -> dict[str, Any]:
-    from qdrant_client import models
 
     from archon.kb.access import AccessPolicy
     from archon.kb.evaluate import load_queries
     from archon.kb.index import MemoryIndex
-    from archon.kb.store import DENSE, SPARSE, ChunkStore
+    from archon.kb.store import ChunkStore
 
     base = kb.store.count()
     replicate = max(1, -(-min_chunks // base))
     big = ChunkStore(str(tmp / "bench-20k"), "bench", kb.embedder.dim)
-    rng = np.random.default_rng(0)
-    offset = None
     copies: list[dict[str, Any]] = []
-    fill = big.count() == 0  # a --work dir from an earlier run keeps its copies
-    while fill:
-        points, offset = kb.store.client.scroll(
-            kb.store.collection, limit=512, offset=offset, with_payload=True, with_vectors=True
-        )
-        batch = []
-        for p in points:
-            for copy in range(replicate):
-                dense = np.array(p.vector[DENSE]) + rng.normal(0, 0.01, kb.embedder.dim)
-                batch.append(
-                    models.PointStruct(
-                        id=str(uuid.uuid4()),
-                        vector={
-                            DENSE: (dense / np.linalg.norm(dense)).tolist(),
-                            SPARSE: p.vector[SPARSE],
-                        },
-                        payload={**p.payload, "source": f"{p.payload['source']}-{copy}"},
-                    )
-                )
-        big.client.upsert("bench", batch, wait=True)
-        if offset is None:
-            break
+    if big.count() == 0:  # a --work dir from an earlier run keeps its copies
+        copy_points(kb, big, replicate)
     names = sorted({f"{s}-{c}" for s in FOLDERS for c in range(replicate)})
     # The copies of each source: team-a reads the first half of them, the rest are team-b's.
     for name in names:
