@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import re
 import statistics
@@ -182,6 +183,39 @@ async def level(
     )
 
 
+def merge(parts: list[Run]) -> Run:
+    """One peer's sequential single-request runs of a round as one run (one stream)."""
+    first = parts[0]
+    tokens = sum(r.output_tokens for r in parts)
+    wall = sum(r.wall_s for r in parts)
+    decoding = sum(r.output_tokens / r.decode_tokens_per_s for r in parts if r.decode_tokens_per_s)
+    return Run(
+        peer=first.peer,
+        round=first.round,
+        streams=1,
+        requests=sum(r.requests for r in parts),
+        failed=sum(r.failed for r in parts),
+        output_tokens=tokens,
+        wall_s=round(wall, 2),
+        tokens_per_s=round(tokens / wall, 2) if wall else 0.0,
+        decode_tokens_per_s=round(tokens / decoding, 2) if decoding else 0.0,
+        ttft_p50_ms=statistics.median(r.ttft_p50_ms for r in parts),
+        e2e_p50_s=statistics.median(r.e2e_p50_s for r in parts),
+    )
+
+
+def interval(ratios: list[float]) -> tuple[float, float]:
+    """95% confidence interval of the geometric mean ratio (t interval on the log ratios)."""
+    from scipy.stats import t
+
+    if len(ratios) < 2:
+        return float("nan"), float("nan")
+    logs = [math.log(r) for r in ratios]
+    mean, sd = statistics.fmean(logs), statistics.stdev(logs)
+    half = t.ppf(0.975, len(logs) - 1) * sd / math.sqrt(len(logs))
+    return math.exp(mean - half), math.exp(mean + half)
+
+
 def peers_for(args: argparse.Namespace, model: str) -> list[Peer]:
     from llama_cpp import llama_print_system_info
 
@@ -260,8 +294,8 @@ def ratio_rows(
     by = {(r.peer, r.round, r.streams): getattr(r, field) for r in runs}
     rounds = sorted({r.round for r in runs})
     rows = [
-        f"| ratio ({field}) | streams | median | min-max | per round |",
-        "|---|---|---|---|---|",
+        f"| ratio ({field}) | streams | median | min-max | geometric mean, 95% CI | per round |",
+        "|---|---|---|---|---|---|",
     ]
     for a, b in pairs:
         for c in levels:
@@ -271,9 +305,12 @@ def ratio_rows(
                 if (a, k, c) in by and (b, k, c) in by and by[(b, k, c)]
             ]
             if per:
+                low, high = interval(per)
+                geo = math.exp(statistics.fmean(math.log(x) for x in per))
                 rows.append(
                     f"| {a} / {b} | {c} | {statistics.median(per):.2f}x | "
-                    f"{min(per):.2f}-{max(per):.2f} | {' '.join(f'{x:.2f}' for x in per)} |"
+                    f"{min(per):.2f}-{max(per):.2f} | {geo:.3f}x [{low:.3f}, {high:.3f}] | "
+                    f"{' '.join(f'{x:.2f}' for x in per)} |"
                 )
     return rows
 
@@ -284,7 +321,10 @@ def main() -> None:
     parser.add_argument("--levels", default="1,4,8")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
-        "--requests", type=int, default=0, help="per level; default max(2, streams)"
+        "--requests",
+        type=int,
+        default=0,
+        help="per level, at least the streams; default max(2, streams)",
     )
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
@@ -311,21 +351,38 @@ def main() -> None:
     try:
         for peer in peers:
             wait(peer)
+        args.load_at_start = os.getloadavg()[0]
         print(f"machine: {machine()}; load average {os.getloadavg()}", flush=True)
         for rnd in range(args.rounds):
             order = peers[rnd % len(peers) :] + peers[: rnd % len(peers)]
             for c in levels:
-                n = args.requests or max(2, c)
+                n = max(args.requests or 2, c)
                 if args.workload == "rag":
                     prompts, extra = rag_prompts(n + 100 * rnd)[100 * rnd :], {}
                 else:
                     prompts = [synthetic_prompt(i + 1000 * rnd) for i in range(n)]
                     extra = {"ignore_eos": True}
-                for peer in order:
-                    run = asyncio.run(level(peer, c, prompts, args.max_tokens, extra, rnd))
+                if c == 1:
+                    # One stream: the peers take turns request by request (A B A B ...), so
+                    # the machine's drift between two requests is what separates them.
+                    turns: dict[str, list[Run]] = {p.name: [] for p in order}
+                    for one_prompt in prompts:
+                        for peer in order:
+                            turns[peer.name].append(
+                                asyncio.run(
+                                    level(peer, 1, [one_prompt], args.max_tokens, extra, rnd)
+                                )
+                            )
+                    done = [merge(turns[peer.name]) for peer in order]
+                else:
+                    done = [
+                        asyncio.run(level(peer, c, prompts, args.max_tokens, extra, rnd))
+                        for peer in order
+                    ]
+                for run in done:
                     runs.append(run)
                     print(
-                        f"round {rnd} c={c} {peer.name:<26} {run.tokens_per_s:7.1f} tok/s "
+                        f"round {rnd} c={c} {run.peer:<26} {run.tokens_per_s:7.1f} tok/s "
                         f"(decode {run.decode_tokens_per_s:6.1f}) "
                         f"TTFT p50 {run.ttft_p50_ms:7.0f} ms  e2e p50 {run.e2e_p50_s:6.2f} s  "
                         f"tokens {run.output_tokens} failed {run.failed}/{run.requests}",
@@ -373,8 +430,10 @@ def write_markdown(args: argparse.Namespace, runs: list[Run], table: list[str], 
         [
             f"### Speculative decoding, interleaved ({args.workload}, {stamp})",
             "",
-            f"Machine: {machine()}, shared with other jobs during the run (loaded: the per-round "
-            f"ratios are what to read, not the absolute tok/s). {args.threads} threads, "
+            f"Machine: {machine()}; load average {args.load_at_start:.1f} at the start (the "
+            "per-round ratios are what to read, not the absolute tok/s). At 1 stream the peers "
+            "take turns request by request, at more streams level by level; the 95% interval is "
+            f"a t interval on the per-round log ratios. {args.threads} threads, "
             f"{args.slots} slots, at most {args.max_tokens} output tokens, temperature 0, "
             f"{args.rounds} rounds, draft length {args.draft}.",
             "",

@@ -20,7 +20,12 @@ q(d) = 1), and on rejection the token is distributed as p with d removed and ren
 (norm(max(0, p - q))). So the output distribution is the model's own, at any temperature, and
 since each emitted token costs the sampler exactly one draw (its seeded RNG, its penalty
 window and its grammar advance as without speculation) a seeded request gives the same text
-with speculation on and off; greedy output is the same by construction.
+with speculation on and off, given the same logits. The logits are not always the same:
+llama.cpp's CPU kernels pick their path by the batch's shape, so a position verified in a
+batch of several rows can get logits slightly different from the same position decoded alone
+(benchmarks/spec_bound.py), and greedy output can part from the output without speculation at
+a near-tie. That, and the cost of a verification batch on a CPU (about linear in its rows for
+a small model: the same benchmark), is why speculation is off by default.
 
 Adaptive: a sequence whose drafts are mostly rejected stops drafting for a while (the pause
 doubles each time the acceptance stays low), so text that quotes nothing costs little.
