@@ -204,6 +204,44 @@ def test_killed_sync_converges_to_a_clean_sync(tmp_path: Path, embedder) -> None
         kb.close()
 
 
+class Killed(BaseException):
+    """A kill between a file's upsert and its deletes, as SIGKILL would leave it."""
+
+
+def test_a_sync_killed_before_its_deletes_leaves_no_stale_chunk(tmp_path: Path, embedder) -> None:
+    """A file that shrank is killed between writing its new chunks and deleting its old tail:
+    the pending row's recorded bound lets the next sync delete that tail by id."""
+    repo = make_repo(tmp_path)
+    sources = sources_file(tmp_path, repo)
+    kb = kb_for(tmp_path, embedder, sources)
+    try:
+        kb.sync()
+        target = repo / "docs/federation.md"
+        old = [p for p in snapshot(kb).values() if p[1] == "docs/federation.md"]
+        assert len(old) > 2
+        target.write_text("# Federation\n\nNow one short section about federation.\n")
+        git(repo, "commit", "-qam", "shrink")
+
+        real = kb.store.delete_positions
+
+        def killed(*args: object, **kwargs: object) -> None:
+            raise Killed
+
+        kb.store.delete_positions = killed  # type: ignore[method-assign]
+        with pytest.raises(Killed):
+            kb.sync()
+        left = [p for p in snapshot(kb).values() if p[1] == "docs/federation.md"]
+        assert len(left) == len(old)  # the new chunk 0 and the old tail: stale
+
+        kb.store.delete_positions = real  # type: ignore[method-assign]
+        assert kb.sync().ok
+        now = [p for p in snapshot(kb).values() if p[1] == "docs/federation.md"]
+        assert [p[2] for p in now] == [0] and "short section" in now[0][4]
+        assert len(snapshot(kb)) == sum(r["chunks"] for r in kb.sources_summary())
+    finally:
+        kb.close()
+
+
 def test_a_different_embedding_model_is_refused(tmp_path: Path, embedder) -> None:
     from archon.errors import ConfigError
     from archon.kb.sync import State, check_embedder

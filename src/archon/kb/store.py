@@ -93,6 +93,16 @@ class ChunkStore:
         for start in range(0, len(points), 256):
             self._call(self.client.upsert, self.collection, points[start : start + 256], wait=True)
 
+    def delete_positions(self, source: str, path: str, positions: range) -> None:
+        """Delete one file's chunks at these positions, by their ids. Embedded Qdrant answers a
+        payload filter by reading every point's payload in Python: per file of a full sync of
+        553 files that cost 68 of 97 s outside the embedder; by id it is a lookup."""
+        if not positions:
+            return
+        ids: list[models.ExtendedPointId] = [chunk_id(source, path, i) for i in positions]
+        selector = models.PointIdsList(points=ids)
+        self._call(self.client.delete, self.collection, points_selector=selector, wait=True)
+
     def delete_from(self, source: str, path: str, position: int = 0) -> None:
         """Delete the chunks of one file at positions >= position (all of them by default)."""
         self._delete(

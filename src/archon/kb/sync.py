@@ -5,9 +5,11 @@ Per file, in this order, each step committed before the next:
    may have points in the store has a row, so deletions can always be found);
 2. the new chunks are upserted under ids stable per (source, path, position): a query sees the
    old or the new version of each chunk, never a gap;
-3. positions past the new chunk count are deleted (by filter, so leftovers of any interrupted
-   earlier attempt go too);
-4. the row becomes "done".
+3. positions past the new chunk count are deleted, up to the most the file may hold: step 1
+   records, as the row's chunk count, the larger of the old count and the new one, so the
+   leftovers of an attempt killed after step 2 are known by position and deleted by id (a
+   pending row from before this was recorded has 0 there: its file is cleaned by filter);
+4. the row becomes "done" with the new count.
 Killed at any point, the next run redoes "pending" rows and converges to a clean sync's state.
 Files gone from the tree, or now excluded, are deleted on every sync.
 """
@@ -223,21 +225,39 @@ class Syncer:
                 else:
                     result.changed += 1
                 result.chunks_written += self._write_file(
-                    source, tree.commit, path, data.decode("utf-8", "replace"), content_hash
+                    source,
+                    tree.commit,
+                    path,
+                    data.decode("utf-8", "replace"),
+                    content_hash,
+                    held(previous),
                 )
             if progress:
                 progress(source.name, done + 1, len(tree.files))
         for path in set(known) - present:
-            self.store.delete_from(source.name, path)
+            self._delete_file(source.name, path, 0, held(known[path]))
             self.state.forget(source.name, path)
             result.deleted += 1
         self.state.source_result(source.name, tree.commit, None)
         return result
 
+    def _delete_file(self, source: str, path: str, start: int, held: int | None) -> None:
+        """Delete a file's chunks from position ``start`` on: by id up to ``held``, the most it
+        may hold; by filter where that is not known."""
+        if held is None:
+            self.store.delete_from(source, path, start)
+        else:
+            self.store.delete_positions(source, path, range(start, held))
+
     def _write_file(
-        self, source: Source, commit: str, path: str, text: str, content_hash: str
+        self,
+        source: Source,
+        commit: str,
+        path: str,
+        text: str,
+        content_hash: str,
+        held_before: int | None,
     ) -> int:
-        self.state.mark(source.name, path, content_hash, 0, "pending", commit)
         chunks: list[Chunk | CodeChunk] = []
         if is_markdown(path):
             chunks += chunk_markdown(
@@ -248,6 +268,8 @@ class Syncer:
             )
         else:
             chunks += chunk_code(path, text)
+        bound = None if held_before is None else max(held_before, len(chunks))
+        self.state.mark(source.name, path, content_hash, bound or 0, "pending", commit)
         if chunks:
             embed_texts = [
                 code_indexed_text(source.name, path, c)
@@ -284,9 +306,22 @@ class Syncer:
             ]
             ids = [chunk_id(source.name, path, i) for i in range(len(chunks))]
             self.store.upsert(ids, vectors, embed_texts, payloads)
-        self.store.delete_from(source.name, path, len(chunks))
+        self._delete_file(source.name, path, len(chunks), bound)
         self.state.mark(source.name, path, content_hash, len(chunks), "done", commit)
         return len(chunks)
+
+
+def held(row: tuple[str, int, str] | None) -> int | None:
+    """The most chunks a file's points may occupy, from its state row (content hash, chunks,
+    status): none without a row (every path with points has one); the recorded count when
+    done, or the bound a pending attempt recorded; unknown (None) for a pending row without
+    one."""
+    if row is None:
+        return 0
+    _, chunks, status = row
+    if status == "done" or chunks > 0:
+        return chunks
+    return None
 
 
 def is_markdown(path: str) -> bool:
