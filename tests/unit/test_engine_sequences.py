@@ -56,3 +56,23 @@ def test_among_equal_prefixes_the_least_recently_used_slot_is_chosen() -> None:
     old = Slot(1, cached=[5], last_used=1.0)
     first, _, keep = choose_slots([recent, old], [1, 2])
     assert first is old and keep == 0
+
+
+def test_a_cache_the_prompt_only_starts_like_is_left_to_its_own_conversation() -> None:
+    """Two conversations under one system prompt: the second does not take the first one's
+    slot (only the system prompt is shared), so the first one's next turn finds its history."""
+    system = list(range(10))
+    first_conversation = Slot(0, cached=[*system, *range(100, 190)], last_used=5.0)
+    empty = Slot(1, cached=[], last_used=1.0)
+    chosen, _, keep = choose_slots([first_conversation, empty], [*system, *range(500, 560)])
+    assert chosen is empty and keep == 0
+
+    # No empty slot: the least recently used one, still reusing the shared system prompt.
+    other = Slot(2, cached=[*system, *range(300, 340)], last_used=2.0)
+    chosen, _, keep = choose_slots([first_conversation, other], [*system, *range(500, 560)])
+    assert chosen is other and keep == len(system)
+
+    # The first conversation's next turn continues its cache: that slot, its whole history kept.
+    next_turn = [*first_conversation.cached, *range(700, 720)]
+    chosen, _, keep = choose_slots([other, first_conversation, empty], next_turn)
+    assert chosen is first_conversation and keep == len(first_conversation.cached)

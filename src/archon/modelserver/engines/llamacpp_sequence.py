@@ -186,14 +186,30 @@ def split_stop(held: str, stops: tuple[str, ...]) -> tuple[str, str, str | None]
     return held[: len(held) - keep], held[len(held) - keep :] if keep else "", None
 
 
+# A slot's cache is reused when the prompt continues most of it (the next turn of its
+# conversation, the same prompt again): the shared prefix is at least this share of the cached
+# tokens, llama-server's --slot-prompt-similarity rule and default. A cache the prompt shares
+# only a little with (another conversation under the same system prompt) is left for its own
+# conversation's next turn, which would otherwise evaluate its whole history again.
+SLOT_SIMILARITY = 0.5
+
+
 def choose_slots(free: list[Slot], prompt: list[int]) -> tuple[Slot, list[Slot], int]:
-    """Slots for a request: first the one whose cache shares the longest prefix with the prompt
-    (the least recently used among equals), then the others by age; and how many of the first
-    one's cached tokens the prompt reuses."""
-    first = max(free, key=lambda s: (shared_prefix(s.cached, prompt), -s.last_used))
+    """Slots for a request: first the one whose cache the prompt continues (the longest shared
+    prefix among those, the least recently used among equals), else an empty slot, else the
+    least recently used one; then the others by age; and how many of the first one's cached
+    tokens the prompt reuses (a shared system prompt, at least, where there is one)."""
+    shared = {id(s): shared_prefix(s.cached, prompt) for s in free}
+    continued = [
+        s for s in free if shared[id(s)] and shared[id(s)] >= SLOT_SIMILARITY * len(s.cached)
+    ]
+    if continued:
+        first = max(continued, key=lambda s: (shared[id(s)], -s.last_used))
+    else:
+        first = min(free, key=lambda s: (bool(s.cached), s.last_used))
     others = sorted((s for s in free if s is not first), key=lambda s: s.last_used)
     # Keep at least one prompt token to evaluate, for the logits of the first output.
-    keep = min(shared_prefix(first.cached, prompt), len(prompt) - 1)
+    keep = min(shared[id(first)], len(prompt) - 1)
     return first, others, keep
 
 
