@@ -99,6 +99,36 @@ def test_a_new_topic_after_earlier_turns_is_searched_on_its_own(agent: Server) -
     assert sources[0]["path"] == "docs/querying/api.md"
 
 
+def test_a_new_topic_is_searched_alone_even_when_the_joint_search_holds_some_of_it(
+    agent: Server,
+) -> None:
+    """The joint search's best passage (functions.md) holds 2 of this follow-up's 7 words,
+    above min_relevance (0.29 against 0.25, measured), so it was used and the answer was
+    about histograms; alone, the question finds basics.md's label matchers holding 4 of them
+    (0.57). The passage holding more of the question wins."""
+    messages = [
+        {
+            "role": "user",
+            "content": "Explain in detail how the histogram_quantile function interpolates "
+            "between bucket boundaries of classic histograms and native histograms, with "
+            "examples of rate over buckets",
+        },
+        {"role": "assistant", "content": "It interpolates linearly within the bucket."},
+        {
+            "role": "user",
+            "content": "How do I select series whose label matches a regular expression?",
+        },
+    ]
+    raw = client(agent).chat.completions.with_raw_response.create(
+        model=MODEL,
+        messages=messages,  # type: ignore[arg-type]
+        max_tokens=8,
+    )
+    assert raw.headers["x-archon-rag"] == "used"
+    sources = raw.parse().model_extra["sources"]
+    assert sources[0]["path"] == "docs/querying/basics.md"
+
+
 def test_streamed_answer_ends_with_the_sources(agent: Server) -> None:
     stream = client(agent).chat.completions.create(
         model=MODEL, messages=ask(), max_tokens=24, stream=True

@@ -209,13 +209,15 @@ class ChatPreparer:
         try:
             sources, augmented = await self._search(kb, options, messages, query, groups)
             best = lead_passage(question, sources)
-            if (not sources or relevance(question, best) < self.settings.min_relevance) and (
-                query != question
-            ):
-                # A new topic after earlier turns: the history pulled the search towards the
-                # old one, so ask again with the question alone.
-                sources, augmented = await self._search(kb, options, messages, question, groups)
-                best = lead_passage(question, sources)
+            if query != question:
+                # After earlier turns, the question alone too: on a new topic the history pulls
+                # the joint search towards the old one, whose best passage then holds less of
+                # the question (or none of it). A follow-up that needs the history ("and its
+                # exit codes?") finds no passage holding more of it alone, and keeps the joint.
+                alone, augmented_alone = await self._search(kb, options, messages, question, groups)
+                best_alone = lead_passage(question, alone)
+                if relevance(question, best_alone) > relevance(question, best):
+                    sources, augmented, best = alone, augmented_alone, best_alone
         except RetrievalError:
             return Retrieved("degraded", messages, [])
         if not sources or relevance(question, best) < self.settings.min_relevance:
