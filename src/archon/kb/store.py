@@ -95,8 +95,8 @@ class ChunkStore:
 
     def delete_positions(self, source: str, path: str, positions: range) -> None:
         """Delete one file's chunks at these positions, by their ids. Embedded Qdrant answers a
-        payload filter by reading every point's payload in Python: per file of a full sync of
-        553 files that cost 68 of 97 s outside the embedder; by id it is a lookup."""
+        payload filter by reading every point's payload in Python, once per file of a sync: a
+        full sync of the 553 docs files took 208.7 s with the filter, 190.6 s by id."""
         if not positions:
             return
         ids: list[models.ExtendedPointId] = [chunk_id(source, path, i) for i in positions]
