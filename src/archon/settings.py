@@ -87,3 +87,21 @@ def split_list(value: Any) -> Any:
     if isinstance(value, str):
         return [item for item in re.split(r"[,\s]+", value.strip()) if item]
     return value
+
+
+def secret_from(value: Any, file: Path | None, setting: str, env: str) -> str | None:
+    """A secret given inline (a SecretStr or str) or as a file holding it (a mounted Secret):
+    the inline one wins; None when neither is set. An unreadable or empty file is a
+    ConfigError naming ``setting``'s file setting and ``env``, its variable."""
+    inline = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+    if inline and inline.strip():
+        return str(inline.strip())
+    if file is None:
+        return None
+    try:
+        text = file.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{setting}_file {file} ({env}_FILE): {exc.strerror}") from None
+    if not text:
+        raise ConfigError(f"{setting}_file {file} ({env}_FILE) is empty")
+    return text

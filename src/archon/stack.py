@@ -23,6 +23,7 @@ import yaml
 
 import archon
 from archon.readiness import port_in_use, wait_until
+from archon.settings import secret_from
 
 STOP_ORDER = ("agent", "knowledge base", "model server")  # the front door closes first
 # Seconds before each restart of a part that died, in a row; one more death after the last of
@@ -123,14 +124,13 @@ def kb_service_token(environ: dict[str, str]) -> str | None:
     """The knowledge base's service token as the KB itself reads it from the environment
     (ARCHON_KB_SERVICE_TOKEN, or the file ARCHON_KB_SERVICE_TOKEN_FILE names): `up` hands it
     to the agent and to its own readiness check, which the token would otherwise lock out."""
-    token = environ.get("ARCHON_KB_SERVICE_TOKEN", "").strip()
-    if token:
-        return token
-    path = environ.get("ARCHON_KB_SERVICE_TOKEN_FILE")
-    if path:
-        with contextlib.suppress(OSError):  # the KB itself reports an unreadable file
-            return Path(path).read_text().strip() or None
-    return None
+    file = environ.get("ARCHON_KB_SERVICE_TOKEN_FILE")
+    return secret_from(
+        environ.get("ARCHON_KB_SERVICE_TOKEN"),
+        Path(file) if file else None,
+        "service_token",
+        "ARCHON_KB_SERVICE_TOKEN",
+    )
 
 
 def plan(options: StackOptions) -> list[Part]:

@@ -66,3 +66,26 @@ def test_up_hands_the_kb_service_token_to_the_agent_and_its_own_check(
         False,
         "refused without its service token (ARCHON_KB_SERVICE_TOKEN)",
     )
+
+
+def test_a_token_file_that_cannot_be_read_is_one_line_naming_its_setting(tmp_path: Path) -> None:
+    """`up` reads the KB's token as the KB does (archon.settings.secret_from): a missing or
+    empty file stops it with the KB's own message, not a wait for a KB that cannot start."""
+    from archon.errors import ConfigError
+    from archon.kb.settings import KnowledgeBaseSettings
+    from archon.stack import kb_service_token
+
+    missing = tmp_path / "absent"
+    with pytest.raises(
+        ConfigError, match=r"service_token_file .*absent \(ARCHON_KB_SERVICE_TOKEN_FILE\)"
+    ):
+        kb_service_token({"ARCHON_KB_SERVICE_TOKEN_FILE": str(missing)})
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        kb_service_token({"ARCHON_KB_SERVICE_TOKEN_FILE": str(tmp_path / "empty")})
+    with pytest.raises(ConfigError, match="is empty"):
+        KnowledgeBaseSettings(service_token_file=tmp_path / "empty").token()
+    # The inline token wins over the file, as in the KB's settings.
+    env = {"ARCHON_KB_SERVICE_TOKEN": " t0k ", "ARCHON_KB_SERVICE_TOKEN_FILE": str(missing)}
+    assert kb_service_token(env) == "t0k"
+    assert kb_service_token({}) is None

@@ -11,8 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from archon.agent.discovery import DnsTarget
 from archon.agent.generation import GenerationSettings, parse_generation
-from archon.errors import ConfigError
-from archon.settings import load_settings, split_list
+from archon.settings import load_settings, secret_from, split_list
 
 
 class AgentSettings(BaseSettings):
@@ -170,21 +169,7 @@ class AgentSettings(BaseSettings):
 
     def kb_service_token(self) -> str | None:
         """kb_token, or the content of kb_token_file; None: send none."""
-        if self.kb_token is not None and self.kb_token.get_secret_value().strip():
-            return self.kb_token.get_secret_value().strip()
-        if self.kb_token_file is None:
-            return None
-        try:
-            value = self.kb_token_file.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"kb_token_file {self.kb_token_file} (ARCHON_AGENT_KB_TOKEN_FILE): {exc.strerror}"
-            ) from None
-        if not value:
-            raise ConfigError(
-                f"kb_token_file {self.kb_token_file} (ARCHON_AGENT_KB_TOKEN_FILE) is empty"
-            )
-        return value
+        return secret_from(self.kb_token, self.kb_token_file, "kb_token", "ARCHON_AGENT_KB_TOKEN")
 
 
 def load_agent_settings(overrides: dict[str, Any] | None = None) -> AgentSettings:

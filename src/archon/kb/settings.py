@@ -9,8 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from archon.errors import ConfigError
-from archon.settings import load_settings
+from archon.settings import load_settings, secret_from
 
 # How the local embedding model runs (archon.kb.embeddings.resolve_backend picks for "auto").
 EmbeddingBackend = Literal["auto", "torch", "torch-bf16", "onnx", "onnx-int8"]
@@ -117,23 +116,9 @@ class KnowledgeBaseSettings(BaseSettings):
 
     def token(self) -> str | None:
         """The service token, from service_token or service_token_file; None: open."""
-        if self.service_token is not None and self.service_token.get_secret_value().strip():
-            return self.service_token.get_secret_value().strip()
-        if self.service_token_file is not None:
-            try:
-                value = self.service_token_file.read_text().strip()
-            except OSError as exc:
-                raise ConfigError(
-                    f"service_token_file {self.service_token_file} "
-                    f"(ARCHON_KB_SERVICE_TOKEN_FILE): {exc.strerror}"
-                ) from None
-            if not value:
-                raise ConfigError(
-                    f"service_token_file {self.service_token_file} "
-                    "(ARCHON_KB_SERVICE_TOKEN_FILE) is empty"
-                )
-            return value
-        return None
+        return secret_from(
+            self.service_token, self.service_token_file, "service_token", "ARCHON_KB_SERVICE_TOKEN"
+        )
 
     @property
     def store_location(self) -> str:
