@@ -181,31 +181,47 @@ def evaluate(
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=sys.modules["__main__"].__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="cache of the chunk vectors")
     parser.add_argument("--split", nargs="+", default=["tune", "test"])
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    args.data.mkdir(parents=True, exist_ok=True)
+    return args
 
+
+def run(
+    docs: list[str], texts: list[str], cache: Path, splits: dict[str, list], out: Path | None
+) -> None:
+    """The recipe over one corpus: embed (cached), index for BM25, score every split."""
     import bm25s
     from sentence_transformers import SentenceTransformer
 
     from archon.kb.embeddings import bundled_model_path
 
-    args.data.mkdir(parents=True, exist_ok=True)
-    docs, texts = corpus()
     began = time.perf_counter()
-    vectors = embed(texts, args.data / "reference-vectors.npz")
+    vectors = embed(texts, cache)
     seconds = time.perf_counter() - began
     print(f"{len(texts)} chunks of {len(set(docs))} files, embedded in {seconds:.0f} s")
     retriever = bm25s.BM25()
     retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
     model = SentenceTransformer(bundled_model_path("all-MiniLM-L6-v2"), device="cpu")
+    results = evaluate(splits, retriever, model, vectors, docs)
+    if out:
+        out.write_text(json.dumps(results, indent=1))
 
-    results = evaluate({s: judged(s) for s in args.split}, retriever, model, vectors, docs)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+
+def main() -> None:
+    args = arguments()
+    docs, texts = corpus()
+    run(
+        docs,
+        texts,
+        args.data / "reference-vectors.npz",
+        {s: judged(s) for s in args.split},
+        args.json,
+    )
 
 
 if __name__ == "__main__":

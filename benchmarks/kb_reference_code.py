@@ -14,16 +14,13 @@ its best chunk.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kb_code_bench import CODE_SOURCES, CORPORA, JUDGED
-from kb_reference import MAX_CHARS, chunks, embed, evaluate
+from kb_reference import MAX_CHARS, arguments, chunks, run
 
 
 def plain_chunks(text: str) -> list[str]:
@@ -69,33 +66,13 @@ def corpus() -> tuple[list[str], list[str]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="cache of the chunk vectors")
-    parser.add_argument("--split", nargs="+", default=["tune", "test"])
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-
-    import bm25s
-    from sentence_transformers import SentenceTransformer
-
-    from archon.kb.embeddings import bundled_model_path
     from archon.kb.evaluate import load_queries
 
-    args.data.mkdir(parents=True, exist_ok=True)
+    args = arguments()
     docs, texts = corpus()
-    began = time.perf_counter()
-    vectors = embed(texts, args.data / "reference-code-vectors.npz")
-    seconds = time.perf_counter() - began
-    print(f"{len(texts)} chunks of {len(set(docs))} files, embedded in {seconds:.0f} s")
-    retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
-    model = SentenceTransformer(bundled_model_path("all-MiniLM-L6-v2"), device="cpu")
     judged = [j for f in sorted(JUDGED.glob("*.jsonl")) for j in load_queries(f)]
-
     splits = {s: [j for j in judged if j.split == s] for s in args.split}
-    results = evaluate(splits, retriever, model, vectors, docs)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+    run(docs, texts, args.data / "reference-code-vectors.npz", splits, args.json)
 
 
 if __name__ == "__main__":
