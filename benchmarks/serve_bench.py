@@ -259,6 +259,31 @@ def bench_peer(
         log.close()
 
 
+def llama_server_command(model: str, slots: int, ctx_per_slot: int, threads: str) -> list[str]:
+    """llama.cpp's own server (built once by build_llama_server.sh, the llama.cpp that our
+    llama-cpp-python vendors) as a peer: ``slots`` sequences of ``ctx_per_slot`` tokens, a
+    ``{port}`` placeholder, and the same weight layout as `archon serve` (cpu_repack=auto):
+    llama-server repacks by default, and a build with AMX then dies on many VMs at the first
+    prompt (signal 4)."""
+    from llama_cpp import llama_print_system_info
+
+    from archon.modelserver.engines.llamacpp_native import use_repack
+
+    build = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "build_llama_server.sh")],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    binary = build.stdout.strip().splitlines()[-1]
+    repack = use_repack("auto", llama_print_system_info())
+    return [
+        *(binary, "-m", model, "--port", "{port}", "-np", str(slots)),
+        *("-c", str(ctx_per_slot * slots), "-t", threads, "--no-webui", "--log-disable"),
+        "--repack" if repack else "--no-repack",
+    ]
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -388,38 +413,9 @@ def main() -> None:
     }
     wanted = args.peers.split(",")
     if "llama-server" in wanted:
-        build = subprocess.run(
-            ["bash", str(ROOT / "benchmarks" / "build_llama_server.sh")],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        binary = build.stdout.strip().splitlines()[-1]
-        from llama_cpp import llama_print_system_info
-
-        from archon.modelserver.engines.llamacpp_native import use_repack
-
-        # The same weight layout as `archon serve` (cpu_repack=auto): llama-server repacks by
-        # default, and a build with AMX then dies on many VMs at the first prompt (signal 4).
-        repack = use_repack("auto", llama_print_system_info())
         peers["llama-server"] = Peer(
             "llama-server",
-            [
-                binary,
-                "-m",
-                model_path,
-                "--port",
-                "{port}",
-                "-np",
-                str(slots),
-                "-c",
-                str(ctx * slots),
-                "-t",
-                t,
-                "--no-webui",
-                "--log-disable",
-                "--repack" if repack else "--no-repack",
-            ],
+            llama_server_command(model_path, slots, ctx, t),
             "bench",
             extra_body={"ignore_eos": True},
         )

@@ -35,7 +35,7 @@ from pathlib import Path
 import httpx
 import openai
 from report import percentile, replace_section
-from serve_bench import machine
+from serve_bench import llama_server_command, machine
 from serve_bench import prompt as synthetic_prompt
 
 from archon.readiness import free_port, wait_until
@@ -217,10 +217,6 @@ def interval(ratios: list[float]) -> tuple[float, float]:
 
 
 def peers_for(args: argparse.Namespace, model: str) -> list[Peer]:
-    from llama_cpp import llama_print_system_info
-
-    from archon.modelserver.engines.llamacpp_native import use_repack
-
     t, slots, ctx = str(args.threads), str(args.slots), args.ctx_per_slot
     archon = [sys.executable, "-m", "archon.cli", "serve", "--port", "{port}"]
     archon += ["--llm-model", model, "--served-model-name", "bench", "--parallel", slots]
@@ -231,28 +227,7 @@ def peers_for(args: argparse.Namespace, model: str) -> list[Peer]:
     }
     wanted = args.peers.split(",")
     if any(p.startswith("llama-server") for p in wanted):
-        build = subprocess.run(
-            ["bash", str(ROOT / "benchmarks" / "build_llama_server.sh")],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        binary = build.stdout.strip().splitlines()[-1]
-        # The same weight layout as `archon serve` (cpu_repack=auto): llama-server repacks by
-        # default, and on a build with AMX that crashes on many VMs (signal 4).
-        repack = use_repack("auto", llama_print_system_info())
-        server = [
-            binary,
-            "-m",
-            model,
-            "--port",
-            "{port}",
-            "-np",
-            slots,
-            "-c",
-            str(ctx * args.slots),
-        ]
-        server += ["-t", t, "--no-webui", "--log-disable", "--repack" if repack else "--no-repack"]
+        server = llama_server_command(model, args.slots, ctx, t)
         out["llama-server"] = Peer("llama-server", server)
         for kind in LLAMA_SPEC_TYPES:
             # The same draft length and lookup n-gram as archon-spec where the mode has them.
