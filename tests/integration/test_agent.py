@@ -74,50 +74,37 @@ def test_answers_carry_sources_from_the_right_files(agent: Server) -> None:
         assert isinstance(s["cited"], bool)
 
 
-def test_a_new_topic_after_earlier_turns_is_searched_on_its_own(agent: Server) -> None:
-    """Earlier turns join the search (follow-ups need them), but a long first question then
-    pulls it to its own topic: for this follow-up the joint search ranks functions.md first,
-    where nothing holds the new question (relevance 0, measured), which answered it without
-    the docs ("none"). The agent asks again with the question alone and finds api.md."""
-    messages = [
-        {
-            "role": "user",
-            "content": "Explain in detail how the histogram_quantile function interpolates "
-            "between bucket boundaries of classic histograms and native histograms, with "
-            "examples of rate over buckets",
-        },
-        {"role": "assistant", "content": "It interpolates linearly within the bucket."},
-        {"role": "user", "content": "How do I get the list of label names through the HTTP API?"},
-    ]
-    raw = client(agent).chat.completions.with_raw_response.create(
-        model=MODEL,
-        messages=messages,  # type: ignore[arg-type]
-        max_tokens=8,
-    )
-    assert raw.headers["x-archon-rag"] == "used"
-    sources = raw.parse().model_extra["sources"]
-    assert sources[0]["path"] == "docs/querying/api.md"
+HISTOGRAM_QUESTION = (
+    "Explain in detail how the histogram_quantile function interpolates between bucket "
+    "boundaries of classic histograms and native histograms, with examples of rate over buckets"
+)
 
 
-def test_a_new_topic_is_searched_alone_even_when_the_joint_search_holds_some_of_it(
-    agent: Server,
+@pytest.mark.parametrize(
+    ("follow_up", "found"),
+    [
+        # The joint search ranks functions.md first, where nothing holds the new question
+        # (relevance 0, measured): it was answered without the docs ("none").
+        ("How do I get the list of label names through the HTTP API?", "docs/querying/api.md"),
+        # The joint search's best passage (functions.md) holds 2 of its 7 words, above
+        # min_relevance (0.29 against 0.25, measured), so the answer was about histograms;
+        # alone, basics.md's label matchers hold 4 of them (0.57).
+        (
+            "How do I select series whose label matches a regular expression?",
+            "docs/querying/basics.md",
+        ),
+    ],
+)
+def test_a_new_topic_after_earlier_turns_is_searched_on_its_own(
+    agent: Server, follow_up: str, found: str
 ) -> None:
-    """The joint search's best passage (functions.md) holds 2 of this follow-up's 7 words,
-    above min_relevance (0.29 against 0.25, measured), so it was used and the answer was
-    about histograms; alone, the question finds basics.md's label matchers holding 4 of them
-    (0.57). The passage holding more of the question wins."""
+    """Earlier turns join the search (follow-ups need them), but a long first question pulls
+    it to its own topic: the agent also asks with the question alone, and the search whose
+    best passage holds more of the question wins."""
     messages = [
-        {
-            "role": "user",
-            "content": "Explain in detail how the histogram_quantile function interpolates "
-            "between bucket boundaries of classic histograms and native histograms, with "
-            "examples of rate over buckets",
-        },
+        {"role": "user", "content": HISTOGRAM_QUESTION},
         {"role": "assistant", "content": "It interpolates linearly within the bucket."},
-        {
-            "role": "user",
-            "content": "How do I select series whose label matches a regular expression?",
-        },
+        {"role": "user", "content": follow_up},
     ]
     raw = client(agent).chat.completions.with_raw_response.create(
         model=MODEL,
@@ -125,8 +112,7 @@ def test_a_new_topic_is_searched_alone_even_when_the_joint_search_holds_some_of_
         max_tokens=8,
     )
     assert raw.headers["x-archon-rag"] == "used"
-    sources = raw.parse().model_extra["sources"]
-    assert sources[0]["path"] == "docs/querying/basics.md"
+    assert raw.parse().model_extra["sources"][0]["path"] == found
 
 
 def test_streamed_answer_ends_with_the_sources(agent: Server) -> None:
