@@ -103,7 +103,7 @@ class _EngineGauges(Collector):
             family = GaugeMetricFamily(name, doc, labels=["model_name"])
             family.add_metric([self._model], float(value))
             yield family
-        for name, doc, count in (
+        counters = [
             (
                 "vllm:prefix_cache_queries",
                 "Prompt tokens looked up in the prefix cache.",
@@ -114,25 +114,24 @@ class _EngineGauges(Collector):
                 "Prompt tokens whose KV was reused.",
                 stats.prefix_cache_hits,
             ),
-        ):
-            counter = CounterMetricFamily(name, doc, labels=["model_name"])
-            counter.add_metric([self._model], float(count))
-            yield counter
+        ]
         spec = stats.spec_decode
-        if spec is None:
-            return  # as vLLM: the speculative decoding counters exist only when it is on
-        for name, doc, count in (
-            ("vllm:spec_decode_num_drafts", "Number of spec decoding drafts.", spec.drafts),
-            ("vllm:spec_decode_num_draft_tokens", "Number of draft tokens.", spec.draft_tokens),
-            (
-                "vllm:spec_decode_num_accepted_tokens",
-                "Number of accepted tokens.",
-                spec.accepted_tokens,
-            ),
-        ):
+        if spec is not None:  # as vLLM: the speculative decoding counters exist only when it is on
+            counters += [
+                ("vllm:spec_decode_num_drafts", "Number of spec decoding drafts.", spec.drafts),
+                ("vllm:spec_decode_num_draft_tokens", "Number of draft tokens.", spec.draft_tokens),
+                (
+                    "vllm:spec_decode_num_accepted_tokens",
+                    "Number of accepted tokens.",
+                    spec.accepted_tokens,
+                ),
+            ]
+        for name, doc, count in counters:
             counter = CounterMetricFamily(name, doc, labels=["model_name"])
             counter.add_metric([self._model], float(count))
             yield counter
+        if spec is None:
+            return
         per_pos = CounterMetricFamily(
             "vllm:spec_decode_num_accepted_tokens_per_pos",
             "Accepted tokens per draft position.",
