@@ -146,3 +146,22 @@ def test_seeded_output_is_the_same_with_and_without_drafts() -> None:
     plain = _generate(np.random.default_rng(7), 0, 200, draft=None)
     drafted = _generate(np.random.default_rng(7), 0, 200, draft=[0, 1, 2])
     assert plain == drafted
+
+
+def test_the_settings_reach_the_cpu_engines_config() -> None:
+    """The ConfigMap keys as the CPU engine gets them (archon.modelserver.runtime), off by
+    default."""
+    from archon.modelserver.runtime import speculation_config
+    from archon.modelserver.settings import load_model_server_settings
+
+    assert speculation_config(load_model_server_settings(None, {})) is None
+    settings = load_model_server_settings(
+        None,
+        {
+            "speculative": True,
+            "speculative_tokens": 6,
+            "speculative_ngram_max": 4,
+            "speculative_ngram_min": 1,
+        },
+    )
+    assert speculation_config(settings) == SpeculationConfig(tokens=6, ngram_max=4, ngram_min=1)
