@@ -397,11 +397,19 @@ def test_knowledge_base_stopped_means_degraded_answers_not_errors(
             )
             assert raw.headers["x-archon-rag"] == "degraded"
             assert raw.parse().choices[0].message.content is not None
+    # A follow-up: the joint search and the question's own, both refused, are one degraded.
+    follow_up = [*ask(), {"role": "assistant", "content": "It is."}, *ask("And irate()?")]
+    raw = c.chat.completions.with_raw_response.create(
+        model=MODEL,
+        messages=follow_up,  # type: ignore[arg-type]
+        max_tokens=4,
+    )
+    assert raw.headers["x-archon-rag"] == "degraded"
     ready = httpx.get(agent.url + "/ready", timeout=10).json()
     assert ready["status"] == "ready"
     assert ready["knowledge_base"]["status"] == "down"
     metrics = httpx.get(agent.url + "/metrics", timeout=10).text
-    assert 'archon_agent_rag_requests_total{outcome="degraded"} 3.0' in metrics
+    assert 'archon_agent_rag_requests_total{outcome="degraded"} 4.0' in metrics
     assert "archon_agent_knowledge_base_up 0.0" in metrics
 
 

@@ -5,6 +5,7 @@ of what the agent may add to the answer (archon.agent.shaping.Shaping).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -207,17 +208,24 @@ class ChatPreparer:
         question = retrieval_query(messages, 0)
         groups = list(key.groups) if key is not None else []
         try:
-            sources, augmented = await self._search(kb, options, messages, query, groups)
+            # After earlier turns, the question alone too, at the same time: on a new topic the
+            # history pulls the joint search towards the old one, whose best passage then holds
+            # less of the question (or none of it). A follow-up that needs the history ("and
+            # its exit codes?") finds no passage holding more of it alone, and keeps the joint.
+            queries = [query] if query == question else [query, question]
+            found = await asyncio.gather(
+                *(self._search(kb, options, messages, q, groups) for q in queries),
+                return_exceptions=True,  # both finish before either's error is raised
+            )
+            results: list[tuple[list[dict[str, Any]], list[Any]]] = []
+            for result in found:
+                if isinstance(result, BaseException):
+                    raise result
+                results.append(result)
+            sources, augmented = max(  # the joint search on a tie
+                results, key=lambda r: relevance(question, lead_passage(question, r[0]))
+            )
             best = lead_passage(question, sources)
-            if query != question:
-                # After earlier turns, the question alone too: on a new topic the history pulls
-                # the joint search towards the old one, whose best passage then holds less of
-                # the question (or none of it). A follow-up that needs the history ("and its
-                # exit codes?") finds no passage holding more of it alone, and keeps the joint.
-                alone, augmented_alone = await self._search(kb, options, messages, question, groups)
-                best_alone = lead_passage(question, alone)
-                if relevance(question, best_alone) > relevance(question, best):
-                    sources, augmented, best = alone, augmented_alone, best_alone
         except RetrievalError:
             return Retrieved("degraded", messages, [])
         if not sources or relevance(question, best) < self.settings.min_relevance:
